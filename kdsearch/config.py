@@ -1,0 +1,256 @@
+"""The space file: typed, frozen models of everything a search needs.
+
+A space file is parsed once, completely, before Ray, MLflow or any data work starts.
+Every problem is reported as one line naming the dotted path, the value and the rule.
+
+Relative paths (``data.root``, ``teacher.weights``, ``storage``, ``tracking.uri`` for
+``sqlite:///``) are resolved against the directory the command was started from, once, in
+the driver: trials run in other working directories and only ever see absolute paths.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+#: Training settings a search may sample. Each one also has a fixed value in ``student``.
+SEARCHABLE = ("alpha", "temperature", "lr", "backbone", "weight_decay", "momentum",
+              "batch_size", "optimizer")
+OPTIMIZERS = ("sgd", "adamw")
+PRETRAINED = ("none", "kinetics400", "imagenet")
+
+
+class ConfigError(Exception):
+    """A space file problem; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Experiment(_Model):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")]
+
+
+class SyntheticData(_Model):
+    train_per_class: Annotated[int, Field(ge=2)] = 30
+    val_per_class: Annotated[int, Field(ge=1)] = 10
+    num_frames: Annotated[int, Field(ge=4)] = 32
+    size: Annotated[int, Field(ge=16)] = 64
+    fps: Annotated[int, Field(ge=1)] = 16
+    seed: int = 0
+
+
+class Data(_Model):
+    format: Literal["synthetic", "video_folder", "frame_folder", "annotation_list"]
+    root: str
+    train_split: str = "train"
+    val_split: str = "val"
+    classes: list[str] | None = None
+    synthetic: SyntheticData = SyntheticData()
+    num_workers: Annotated[int, Field(ge=0)] = 0
+
+    @field_validator("format")
+    @classmethod
+    def _implemented(cls, value: str) -> str:
+        if value in ("frame_folder", "annotation_list"):
+            raise ValueError(f"format {value!r} is not supported yet; use synthetic or video_folder")
+        return value
+
+
+class Clip(_Model):
+    num_frames: Annotated[int, Field(ge=1)] = 8
+    stride: Annotated[int, Field(ge=1)] = 2
+    crop_size: Annotated[int, Field(ge=16)] = 64
+
+
+class Teacher(_Model):
+    model: str
+    weights: str = "none"
+    finetune: Literal["full", "head"] = "full"
+    epochs: Annotated[int, Field(ge=0)] = 5
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    batch_size: Annotated[int, Field(ge=1)] = 8
+
+
+class Student(_Model):
+    """Training settings shared by every trial; searched ones are overridden per trial."""
+
+    backbone: str = "tiny3d"
+    weights: str = "none"
+    epochs: Annotated[int, Field(ge=1)] = 10
+    batch_size: Annotated[int, Field(ge=1)] = 8
+    clip: Clip = Clip()
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    momentum: Annotated[float, Field(ge=0, le=1)] = 0.9
+    alpha: Annotated[float, Field(ge=0, le=1)] = 0.5
+    temperature: Annotated[float, Field(gt=0)] = 4.0
+    val_clips_per_video: Annotated[int, Field(ge=1)] = 1
+
+
+class Uniform(_Model):
+    type: Literal["uniform"]
+    low: float
+    high: float
+
+
+class LogUniform(_Model):
+    type: Literal["loguniform"]
+    low: float
+    high: float
+
+
+class IntRange(_Model):
+    type: Literal["int"]
+    low: int
+    high: int
+    step: Annotated[int, Field(ge=1)] = 1
+    log: bool = False
+
+
+class Choice(_Model):
+    type: Literal["choice"]
+    values: Annotated[list[str | int | float | bool], Field(min_length=1)]
+
+
+Distribution = Annotated[Uniform | LogUniform | IntRange | Choice, Field(discriminator="type")]
+
+
+class Asha(_Model):
+    name: Literal["asha"] = "asha"
+    grace_period: Annotated[int, Field(ge=1)] = 1
+    reduction_factor: Annotated[float, Field(ge=2)] = 2
+
+
+class NoScheduler(_Model):
+    name: Literal["none"]
+
+
+class Search(_Model):
+    space: dict[str, Distribution] = {}
+    num_samples: Annotated[int, Field(ge=1)] = 12
+    max_concurrent: Annotated[int, Field(ge=1)] = 2
+    seed: int = 0
+    metric: Literal["val_acc", "val_video_acc", "val_loss"] = "val_acc"
+    mode: Literal["max", "min"] = "max"
+    sampler: Literal["tpe", "random"] = "tpe"
+    scheduler: Annotated[Asha | NoScheduler, Field(discriminator="name")] = Asha()
+
+
+class Resources(_Model):
+    cpus_per_trial: Annotated[float, Field(gt=0)] = 1
+    gpus_per_trial: Annotated[float, Field(ge=0)] = 0
+    teacher_cpus: Annotated[int, Field(ge=1)] = 2
+
+
+class Tracking(_Model):
+    uri: str | None = None  # None: sqlite:///<start dir>/mlflow.db
+
+
+class SpaceConfig(_Model):
+    experiment: Experiment
+    data: Data
+    teacher: Teacher
+    student: Student = Student()
+    search: Search = Search()
+    resources: Resources = Resources()
+    tracking: Tracking = Tracking()
+    storage: str = "kdsearch_results"
+
+    @property
+    def tracking_uri(self) -> str:
+        assert self.tracking.uri is not None, "resolve_paths() sets tracking.uri"
+        return self.tracking.uri
+
+
+def _range_problems(name: str, dist: Uniform | LogUniform | IntRange) -> list[str]:
+    where = f"search.space.{name}"
+    problems = []
+    if not dist.low < dist.high:
+        problems.append(f"{where}.high: {dist.high} must be greater than low ({dist.low})")
+    if (isinstance(dist, LogUniform) or getattr(dist, "log", False)) and dist.low <= 0:
+        problems.append(f"{where}.low: {dist.low} must be > 0 for a log scale")
+    for end in ("low", "high"):
+        value = getattr(dist, end)
+        rule = _value_problem(name, value)
+        if rule:
+            problems.append(f"{where}.{end}: {value} {rule}")
+    return problems
+
+
+def _value_problem(name: str, value: Any) -> str | None:
+    """The rule ``value`` breaks as a fixed value of student setting ``name``, or None."""
+    if name == "backbone":
+        from kdsearch.models import list_models
+
+        if value not in list_models("student"):
+            return f"is not a registered student (valid: {', '.join(list_models('student'))})"
+        return None
+    if name == "optimizer":
+        return None if value in OPTIMIZERS else f"is not one of {', '.join(OPTIMIZERS)}"
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return "is not a finite number"
+    bounds = {"alpha": (0, 1), "momentum": (0, 1)}
+    if name in bounds and not bounds[name][0] <= value <= bounds[name][1]:
+        return f"is outside [{bounds[name][0]}, {bounds[name][1]}]"
+    if name in ("temperature", "lr") and value <= 0:
+        return "must be > 0"
+    if name == "weight_decay" and value < 0:
+        return "must be >= 0"
+    if name == "batch_size" and (value < 1 or value != int(value)):
+        return "must be an integer >= 1"
+    return None
+
+
+def search_space_problems(search: Search) -> list[str]:
+    problems = []
+    for name, dist in search.space.items():
+        if name not in SEARCHABLE:
+            problems.append(f"search.space.{name}: unknown setting (searchable: "
+                            f"{', '.join(SEARCHABLE)})")
+        elif isinstance(dist, Choice):
+            for i, value in enumerate(dist.values):
+                rule = _value_problem(name, value)
+                if rule:
+                    problems.append(f"search.space.{name}.values[{i}]: {value!r} {rule}")
+        elif name in ("backbone", "optimizer"):
+            problems.append(f"search.space.{name}.type: {dist.type!r} must be 'choice' "
+                            "for a categorical setting")
+        else:
+            problems.extend(_range_problems(name, dist))
+    return problems
+
+
+def format_validation_error(err: ValidationError) -> list[str]:
+    """pydantic's errors as ``dotted.path: value rule`` lines."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(_loc_part(p) for p in e["loc"] if not _is_union_tag(p))
+        loc = loc.replace(".[", "[")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown key")
+        elif e["type"] == "missing":
+            lines.append(f"{loc}: missing (required)")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{loc}: {e.get('input')!r} {msg[0].lower()}{msg[1:]}")
+    return lines
+
+
+def _loc_part(part: int | str) -> str:
+    return f"[{part}]" if isinstance(part, int) else str(part)
+
+
+def _is_union_tag(part: int | str) -> bool:
+    return part in ("uniform", "loguniform", "int", "choice", "asha", "none", "str", "int",
+                    "float", "bool") and not isinstance(part, int)

@@ -1,0 +1,81 @@
+"""A live line of progress for the terminal, in place of Ray's own status tables."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from ray.tune import Callback
+
+from kdsearch.tracking import error_message
+
+
+class Progress(Callback):
+    """Counts trials by state and keeps the best value seen; redraws one line on a terminal."""
+
+    def __init__(self, metric: str, mode: str, max_t: int, total: int,
+                 stream: TextIO = sys.stderr, every: float = 1.0) -> None:
+        self.metric, self.mode, self.max_t, self.total = metric, mode, max_t, total
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.every = every if self.tty else 30.0
+        self.start = time.monotonic()
+        self.last_draw = 0.0
+        self.counts = {"completed": 0, "pruned": 0, "failed": 0}
+        self.best: tuple[float, str] | None = None
+        self.running = 0
+
+    def line(self) -> str:
+        elapsed = int(time.monotonic() - self.start)
+        c = self.counts
+        best = (f"best {self.metric} {self.best[0]:.3f} ({self.best[1]})" if self.best
+                else f"best {self.metric} -")
+        return (f"[{elapsed // 60:02d}:{elapsed % 60:02d}] trials {sum(c.values())}/{self.total}"
+                f" done: {self.running} running, {c['completed']} completed, {c['pruned']} "
+                f"pruned, {c['failed']} failed | {best}")
+
+    def draw(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_draw < self.every:
+            return
+        self.last_draw = now
+        if self.tty:
+            self.stream.write("\r\033[K" + self.line())
+        else:
+            self.stream.write(self.line() + "\n")
+        self.stream.flush()
+
+    def say(self, message: str) -> None:
+        """A message on its own line, above the live line."""
+        self.stream.write(("\r\033[K" if self.tty else "") + message + "\n")
+        self.draw(force=True)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.running = sum(t.status == "RUNNING" for t in trials)
+        self.draw()
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        value = result.get(self.metric)
+        if value is None:
+            return
+        better = self.best is None or (value > self.best[0] if self.mode == "max"
+                                       else value < self.best[0])
+        if better:
+            self.best = (float(value), trial.trial_id)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        epochs = int((trial.last_result or {}).get("epoch", 0))
+        self.counts["completed" if epochs >= self.max_t else "pruned"] += 1
+        self.draw(force=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.counts["failed"] += 1
+        self.say(f"trial {trial.trial_id} failed: {error_message(trial)}")
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.running = 0
+        self.draw(force=True)
+        if self.tty:
+            self.stream.write("\n")

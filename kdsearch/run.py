@@ -1,0 +1,105 @@
+"""``python -m kdsearch.run SPACE.yaml [--set dotted.key=value ...] [--dry-run]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from kdsearch.config import Choice, ConfigError, IntRange, LogUniform, SpaceConfig
+from kdsearch.spacefile import load_space
+
+EXIT_BAD_INPUT = 2
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m kdsearch.run",
+        description="Search knowledge-distillation settings for a video student.")
+    parser.add_argument("space", type=Path, help="the space file (YAML)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a setting, e.g. search.num_samples=4")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate, print the resolved configuration, start nothing")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    return parser.parse_args(argv)
+
+
+def describe_space(cfg: SpaceConfig) -> str:
+    lines = []
+    for name, d in cfg.search.space.items():
+        if isinstance(d, Choice):
+            lines.append(f"  {name:<14} choice {d.values}")
+        elif isinstance(d, IntRange):
+            lines.append(f"  {name:<14} int [{d.low}, {d.high}] step {d.step}"
+                         + (" log" if d.log else ""))
+        else:
+            kind = "loguniform" if isinstance(d, LogUniform) else "uniform"
+            lines.append(f"  {name:<14} {kind} [{d.low:g}, {d.high:g}]")
+    fixed = [n for n in ("backbone", "alpha", "temperature", "lr") if n not in cfg.search.space]
+    for name in fixed:
+        lines.append(f"  {name:<14} fixed {getattr(cfg.student, name)}")
+    return "\n".join(lines)
+
+
+def print_outcome(outcome: object, cfg: SpaceConfig) -> None:
+    from kdsearch.search import SearchOutcome
+
+    assert isinstance(outcome, SearchOutcome)
+    metric = cfg.search.metric
+    print(f"\nsearch finished in {outcome.seconds / 60:.1f} min; teacher val_acc "
+          f"{outcome.teacher_metrics.get('val_acc', float('nan')):.3f}")
+    names = list(cfg.search.space)
+    header = f"{'trial':<12}{'status':<11}{'epochs':>6} {metric:>13}  " + "  ".join(names)
+    print(header)
+    for row in outcome.rows[:10]:
+        value = "-" if row.value is None else f"{row.value:.3f}"
+        params = "  ".join(_fmt(row.config.get(n)) for n in names)
+        print(f"{row.trial_id:<12}{row.status:<11}{row.epochs:>6} {value:>13}  {params}")
+    if outcome.best is None:
+        print("no trial completed; see the failures above")
+    else:
+        print(f"\nbest: {metric} {outcome.best.value:.3f} with "
+              + ", ".join(f"{k}={_fmt(v)}" for k, v in outcome.best.config.items())
+              + f" (MLflow run {outcome.best.run_id})")
+    print(f"\nopen the results:  mlflow ui --backend-store-uri {cfg.tracking_uri}")
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_space(args.space, args.overrides)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.dry_run:
+        print(yaml.safe_dump(cfg.model_dump(), sort_keys=False).rstrip())
+        print(f"\nsearch space ({cfg.search.num_samples} trials):\n{describe_space(cfg)}")
+        return 0
+    from kdsearch.search import run_search
+
+    try:
+        outcome = run_search(cfg, args.space.resolve(), address=args.address)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("\ninterrupted; finished trials are in MLflow and the Ray results folder",
+              file=sys.stderr)
+        return 130
+    print_outcome(outcome, cfg)
+    return 0 if outcome.best is not None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

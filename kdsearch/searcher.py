@@ -1,0 +1,89 @@
+"""Optuna behind Ray Tune, told the truth about trials that ASHA stopped early.
+
+Stock ``OptunaSearch.on_trial_complete`` tells Optuna COMPLETE whenever the last result holds
+the metric, so a trial stopped by ASHA after one epoch counts as a finished trial with a
+one-epoch value. TPE ranks COMPLETE trials by value alone, which makes it chase
+configurations that merely start fast. Here a trial that trained fewer than ``max_t`` epochs
+is PRUNED (its per-epoch values stay attached as intermediate values, and TPE ranks pruned
+trials by how far they got, then by value), one that errored is FAIL, and only trials that
+trained the full budget are COMPLETE.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from kdsearch.config import Choice, IntRange, LogUniform, Search
+
+logger = logging.getLogger(__name__)
+
+
+def optuna_space(search: Search) -> dict[str, BaseDistribution]:
+    """The space file's distributions as Optuna distributions (the one place they map)."""
+    space: dict[str, BaseDistribution] = {}
+    for name, dist in search.space.items():
+        if isinstance(dist, Choice):
+            space[name] = CategoricalDistribution(list(dist.values))
+        elif isinstance(dist, IntRange):
+            space[name] = IntDistribution(dist.low, dist.high, step=dist.step, log=dist.log)
+        else:
+            space[name] = FloatDistribution(dist.low, dist.high,
+                                            log=isinstance(dist, LogUniform))
+    return space
+
+
+def make_sampler(search: Search) -> optuna.samplers.BaseSampler:
+    if search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=search.seed)
+    return optuna.samplers.TPESampler(seed=search.seed)
+
+
+class FidelityAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that reports early-stopped trials as PRUNED and errors as FAIL."""
+
+    def __init__(self, *args: Any, max_t: int, time_attr: str = "epoch", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._max_t = max_t
+        self._time_attr = time_attr
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        value = (result or {}).get(self.metric)
+        trained = (result or {}).get(self._time_attr, 0)
+        if error or value is None or not math.isfinite(value):
+            self._ot_study.tell(ot_trial, None, state=TrialState.FAIL)
+        elif trained < self._max_t:
+            self._ot_study.tell(ot_trial, None, state=TrialState.PRUNED)
+        else:
+            self._ot_study.tell(ot_trial, value, state=TrialState.COMPLETE)
+        self._completed_trials.add(trial_id)
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._ot_study
+
+
+def make_searcher(search: Search, max_t: int) -> FidelityAwareOptunaSearch:
+    return FidelityAwareOptunaSearch(
+        space=optuna_space(search),
+        metric=search.metric,
+        mode=search.mode,
+        sampler=make_sampler(search),
+        seed=search.seed,
+        max_t=max_t,
+    )

@@ -1,0 +1,100 @@
+"""The teacher stage: fine-tune the teacher on the user's classes once per search.
+
+A fine-tuned teacher is saved under ``<storage>/teachers/<key>/`` where the key covers the
+teacher settings, the clip shape and the training data (paths, sizes, modification times);
+a later search with the same key reuses it instead of training again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from kdsearch.config import SpaceConfig
+from kdsearch.data import VideoRecord
+from kdsearch.datasets import make_loaders
+from kdsearch.engine import build_model, evaluate, make_optimizer, pick_device, train_one_epoch
+from kdsearch.models import get_head
+
+TEACHER_FILE = "teacher.pt"
+META_FILE = "meta.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherResult:
+    path: Path
+    metrics: dict[str, float]
+    reused: bool
+    key: str
+    seconds: float
+
+
+def teacher_key(cfg: SpaceConfig, classes: Sequence[str], train: Sequence[VideoRecord],
+                val: Sequence[VideoRecord]) -> str:
+    files = [(str(r.path), r.label, r.path.stat().st_size, r.path.stat().st_mtime_ns)
+             for r in (*train, *val)]
+    payload = {"teacher": cfg.teacher.model_dump(), "clip": cfg.student.clip.model_dump(),
+               "classes": list(classes), "files": files, "seed": cfg.search.seed,
+               "val_clips": cfg.student.val_clips_per_video}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare_teacher(cfg: SpaceConfig, classes: Sequence[str], train: list[VideoRecord],
+                    val: list[VideoRecord], log: Callable[[str], None] = print) -> TeacherResult:
+    """Reuse the saved teacher for these settings and data, or fine-tune and save one."""
+    key = teacher_key(cfg, classes, train, val)
+    folder = Path(cfg.storage) / "teachers" / key
+    if (folder / META_FILE).is_file() and (folder / TEACHER_FILE).is_file():
+        meta = json.loads((folder / META_FILE).read_text())
+        log(f"teacher {cfg.teacher.model}: reusing {folder} "
+            f"(val_acc {meta['metrics']['val_acc']:.3f})")
+        return TeacherResult(folder / TEACHER_FILE, meta["metrics"], True, key, 0.0)
+    start = time.monotonic()
+    metrics, state = _finetune(cfg, len(classes), train, val, log)
+    seconds = time.monotonic() - start
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{TEACHER_FILE}.{os.getpid()}.tmp"
+    torch.save({"model": cfg.teacher.model, "classes": list(classes), "state_dict": state}, tmp)
+    os.replace(tmp, folder / TEACHER_FILE)  # atomic: a half-written teacher is never reused
+    meta = {"model": cfg.teacher.model, "metrics": metrics, "seconds": seconds,
+            "teacher": cfg.teacher.model_dump(), "classes": list(classes)}
+    (folder / f".{META_FILE}.tmp").write_text(json.dumps(meta, indent=2))
+    os.replace(folder / f".{META_FILE}.tmp", folder / META_FILE)
+    return TeacherResult(folder / TEACHER_FILE, metrics, False, key, seconds)
+
+
+def _finetune(cfg: SpaceConfig, num_classes: int, train: list[VideoRecord],
+              val: list[VideoRecord], log: Callable[[str], None]
+              ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    t = cfg.teacher
+    torch.manual_seed(cfg.search.seed)
+    device = pick_device(cfg.resources.gpus_per_trial)
+    model = build_model(t.model, num_classes, t.weights, "teacher").to(device)
+    if t.finetune == "head":
+        model.requires_grad_(False)
+        get_head(model.model).requires_grad_(True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, "adamw", t.lr, t.weight_decay, 0.9)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(t.epochs, 1))
+    train_loader, val_loader = make_loaders(
+        train, val, cfg.student.clip, t.batch_size, seed=cfg.search.seed,
+        val_clips_per_video=cfg.student.val_clips_per_video, num_workers=cfg.data.num_workers)
+    metrics: dict[str, float] = {}
+    for epoch in range(1, t.epochs + 1):
+        start = time.monotonic()
+        metrics = train_one_epoch(model, train_loader, optimizer, device)
+        schedule.step()
+        metrics.update(evaluate(model, val_loader, device, num_classes))
+        log(f"teacher {t.model} epoch {epoch}/{t.epochs}: train_loss "
+            f"{metrics['train_loss']:.3f} val_acc {metrics['val_acc']:.3f} "
+            f"({time.monotonic() - start:.0f}s)")
+    if not metrics:
+        metrics = evaluate(model, val_loader, device, num_classes)
+    return metrics, {k: v.cpu() for k, v in model.state_dict().items()}

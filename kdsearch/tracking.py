@@ -1,0 +1,117 @@
+"""MLflow records: one parent run per search, one child run per trial.
+
+Every write happens on the driver through ``MlflowClient`` (explicit run ids, no global
+active run), so trials never need to reach the tracking store and nothing is logged twice.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+from kdsearch.config import SpaceConfig
+from kdsearch.trial import TrialSettings
+
+STATUS = "kdsearch.status"
+ROLE = "kdsearch.role"
+PARENT = "mlflow.parentRunId"
+METRICS = ("val_acc", "val_video_acc", "val_loss", "train_loss", "train_ce", "train_kd",
+           "train_acc", "lr")
+
+
+def fixed_params(cfg: SpaceConfig, classes: tuple[str, ...]) -> dict[str, Any]:
+    """The settings every trial shares that a reader needs to compare runs."""
+    clip = cfg.student.clip
+    return {"teacher": cfg.teacher.model, "teacher_weights": cfg.teacher.weights,
+            "data_format": cfg.data.format, "data_root": cfg.data.root,
+            "num_classes": len(classes), "classes": ",".join(classes),
+            "epochs": cfg.student.epochs, "clip_frames": clip.num_frames,
+            "clip_stride": clip.stride, "crop_size": clip.crop_size}
+
+
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+        client.log_batch(run_id, params=items[i:i + 100])
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, Any],
+                step: int = 0) -> None:
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
+             if isinstance(v, int | float) and math.isfinite(float(v))]
+    if batch:
+        client.log_batch(run_id, metrics=batch)
+
+
+def start_child(client: MlflowClient, experiment_id: str, parent_id: str, name: str,
+                tags: Mapping[str, str]) -> str:
+    run = client.create_run(experiment_id, run_name=name, tags={PARENT: parent_id, **tags})
+    return run.info.run_id
+
+
+class MLflowTrials(Callback):
+    """Tune callback (driver side) that mirrors every trial into a nested MLflow run."""
+
+    def __init__(self, client: MlflowClient, experiment_id: str, parent_id: str,
+                 cfg: SpaceConfig, classes: tuple[str, ...]) -> None:
+        self.client, self.experiment_id, self.parent_id = client, experiment_id, parent_id
+        self.cfg, self.classes = cfg, classes
+        self.runs: dict[str, str] = {}
+        self.status: dict[str, str] = {}
+        self.max_t = cfg.student.epochs
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.trial_id in self.runs:
+            return
+        run_id = start_child(self.client, self.experiment_id, self.parent_id,
+                             f"trial-{trial.trial_id}",
+                             {ROLE: "trial", STATUS: "running",
+                              "kdsearch.trial_id": trial.trial_id})
+        self.runs[trial.trial_id] = run_id
+        settings = TrialSettings.resolve(self.cfg.student, trial.config)
+        params = {**vars(settings), **fixed_params(self.cfg, self.classes)}
+        log_params(self.client, run_id, params)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is not None:
+            metrics = {k: result[k] for k in METRICS if k in result}
+            log_metrics(self.client, run_id, metrics, step=int(result.get("epoch", 0)))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        epochs = int((trial.last_result or {}).get("epoch", 0))
+        self._finish(trial, "completed" if epochs >= self.max_t else "pruned")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, "failed", error=error_message(trial))
+
+    def _finish(self, trial: Any, status: str, error: str | None = None) -> None:
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is None or trial.trial_id in self.status:
+            return
+        self.status[trial.trial_id] = status
+        last = trial.last_result or {}
+        self.client.set_tag(run_id, STATUS, status)
+        self.client.set_tag(run_id, "kdsearch.epochs_run", str(last.get("epoch", 0)))
+        if error:
+            self.client.set_tag(run_id, "kdsearch.error", error[:5000])
+        self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
+
+
+def error_message(trial: Any) -> str:
+    """The last line of a failed trial's exception ("ValueError: ..."), or a pointer to it."""
+    try:
+        error = trial.get_error()
+    except Exception:  # the error file may not be readable yet: fall back to a pointer
+        error = None
+    text = str(error).strip() if error else ""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else f"see {trial.error_file or 'the Ray trial log'}"

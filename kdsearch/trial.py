@@ -1,0 +1,103 @@
+"""One trial: distil one student configuration. No Ray here (see ``trainable.py``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdsearch.config import SEARCHABLE, SpaceConfig, Student
+from kdsearch.datasets import load_splits, make_loaders
+from kdsearch.engine import (
+    Normalized,
+    build_model,
+    evaluate,
+    make_optimizer,
+    pick_device,
+    train_one_epoch,
+)
+
+#: report(metrics, checkpoint_dir): called once per epoch; the directory lives until it returns.
+Report = Callable[[dict[str, Any], Path], None]
+CHECKPOINT_FILE = "student.pt"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialSettings:
+    """The settings one trial trains with: the student defaults, overridden by the sample."""
+
+    backbone: str
+    alpha: float
+    temperature: float
+    lr: float
+    weight_decay: float
+    momentum: float
+    batch_size: int
+    optimizer: str
+
+    @classmethod
+    def resolve(cls, student: Student, sampled: Mapping[str, Any]) -> TrialSettings:
+        values = {name: sampled.get(name, getattr(student, name)) for name in SEARCHABLE}
+        values["batch_size"] = int(values["batch_size"])
+        return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialContext:
+    """What every trial shares, resolved once in the driver."""
+
+    cfg: SpaceConfig
+    classes: tuple[str, ...]
+    teacher_path: str
+
+
+def load_teacher(path: str | Path, device: torch.device) -> Normalized:
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    teacher = build_model(saved["model"], len(saved["classes"]), "none", "teacher")
+    teacher.load_state_dict(saved["state_dict"])
+    return teacher.to(device).eval()
+
+
+def fit(ctx: TrialContext, sampled: Mapping[str, Any], report: Report,
+        resume: Path | None = None) -> None:
+    """Train one student for ``student.epochs`` epochs, reporting after each epoch."""
+    cfg = ctx.cfg
+    settings = TrialSettings.resolve(cfg.student, sampled)
+    torch.manual_seed(cfg.search.seed)
+    device = pick_device(cfg.resources.gpus_per_trial)
+    _, train, val = load_splits(cfg.data, ctx.classes)
+    train_loader, val_loader = make_loaders(
+        train, val, cfg.student.clip, settings.batch_size, seed=cfg.search.seed,
+        val_clips_per_video=cfg.student.val_clips_per_video, num_workers=cfg.data.num_workers)
+    num_classes = len(ctx.classes)
+    student = build_model(settings.backbone, num_classes, cfg.student.weights, "student")
+    student.to(device)
+    teacher = load_teacher(ctx.teacher_path, device) if settings.alpha > 0 else None
+    optimizer = make_optimizer(student.parameters(), settings.optimizer, settings.lr,
+                               settings.weight_decay, settings.momentum)
+    epochs = cfg.student.epochs
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    start = 0
+    if resume is not None:
+        state = torch.load(resume / CHECKPOINT_FILE, map_location=device, weights_only=True)
+        student.load_state_dict(state["student"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        start = int(state["epoch"])
+    for epoch in range(start + 1, epochs + 1):
+        lr = optimizer.param_groups[0]["lr"]
+        metrics = train_one_epoch(student, train_loader, optimizer, device, teacher,
+                                  settings.alpha, settings.temperature)
+        metrics.update(evaluate(student, val_loader, device, num_classes))
+        schedule.step()
+        metrics.update({"epoch": epoch, "lr": lr})
+        with tempfile.TemporaryDirectory(prefix="kdsearch-ckpt-") as tmp:
+            torch.save({"epoch": epoch, "student": student.state_dict(),
+                        "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                        "settings": dataclasses.asdict(settings), "classes": list(ctx.classes)},
+                       Path(tmp) / CHECKPOINT_FILE)
+            report(metrics, Path(tmp))
