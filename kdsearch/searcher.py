@@ -57,6 +57,21 @@ class FidelityAwareOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self._max_t = max_t
         self._time_attr = time_attr
+        self._reported: dict[str, set[int]] = {}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._report(trial_id, result)
+
+    def _report(self, trial_id: str, result: dict) -> None:
+        # Step = epoch (not Tune's training_iteration), so a resumed trial keeps its steps.
+        value, step = result.get(self.metric), result.get(self._time_attr)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or value is None or step is None or not math.isfinite(value):
+            return
+        reported = self._reported.setdefault(trial_id, set())
+        if int(step) not in reported:
+            reported.add(int(step))
+            ot_trial.report(float(value), int(step))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
@@ -65,6 +80,10 @@ class FidelityAwareOptunaSearch(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         value = (result or {}).get(self.metric)
         trained = (result or {}).get(self._time_attr, 0)
+        if not error and result:
+            # Tune does not pass the result that made the scheduler stop a trial to
+            # on_trial_result; record it here so a pruned trial keeps its last rung.
+            self._report(trial_id, result)
         if error or value is None or not math.isfinite(value):
             self._ot_study.tell(ot_trial, None, state=TrialState.FAIL)
         elif trained < self._max_t:

@@ -1,0 +1,74 @@
+"""Optuna must learn the truth about trials under ASHA: PRUNED, FAIL or COMPLETE."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+
+from kdsearch.config import Search
+from kdsearch.searcher import make_sampler, make_searcher, optuna_space
+
+MAX_T = 4
+
+
+def objective(config: dict[str, Any]) -> None:
+    if config["x"] < 0.1:
+        raise ValueError("diverged")  # a failing trial
+    for epoch in range(1, MAX_T + 1):
+        tune.report({"epoch": epoch, "val_acc": config["x"] * epoch / MAX_T})
+
+
+def run(searcher: Any, tmp_path: Path) -> tune.ResultGrid:
+    tuner = tune.Tuner(
+        objective,
+        tune_config=tune.TuneConfig(
+            metric="val_acc", mode="max", search_alg=searcher, num_samples=12,
+            max_concurrent_trials=2,
+            scheduler=tune.schedulers.ASHAScheduler(time_attr="epoch", max_t=MAX_T,
+                                                   grace_period=1, reduction_factor=2)),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
+    )
+    return tuner.fit()
+
+
+SEARCH = Search.model_validate({"space": {"x": {"type": "uniform", "low": 0.0, "high": 1.0}},
+                                "seed": 3})
+
+
+def test_early_stopped_trials_are_pruned(ray_local: None, tmp_path: Path) -> None:
+    searcher = make_searcher(SEARCH, max_t=MAX_T)
+    results = run(searcher, tmp_path)
+    epochs = {r.metrics.get("trial_id"): r.metrics.get("epoch", 0) for r in results}
+    errors = sum(r.error is not None for r in results)
+    states = [t.state for t in searcher.study.trials]
+    assert len(states) == 12
+    assert states.count(TrialState.COMPLETE) == sum(e == MAX_T for e in epochs.values())
+    assert states.count(TrialState.FAIL) == errors
+    assert states.count(TrialState.PRUNED) == 12 - errors - states.count(TrialState.COMPLETE)
+    assert states.count(TrialState.PRUNED) >= 1 and states.count(TrialState.COMPLETE) >= 1
+    for trial in searcher.study.trials:
+        if trial.state == TrialState.PRUNED:
+            # every epoch it trained is kept as an intermediate value, fewer than max_t
+            assert 1 <= len(trial.intermediate_values) < MAX_T
+        if trial.state == TrialState.COMPLETE:
+            assert len(trial.intermediate_values) == MAX_T
+            assert trial.value == pytest.approx(trial.params["x"])
+
+
+def test_stock_optuna_search_reports_pruned_trials_as_complete(ray_local: None,
+                                                               tmp_path: Path) -> None:
+    # Why make_searcher exists: the stock searcher calls one-epoch trials COMPLETE.
+    stock = OptunaSearch(space=optuna_space(SEARCH), metric="val_acc", mode="max",
+                         sampler=make_sampler(SEARCH))
+    results = run(stock, tmp_path)
+    stopped_early = sum(r.error is None and r.metrics.get("epoch", 0) < MAX_T for r in results)
+    errors = sum(r.error is not None for r in results)
+    states = [t.state for t in stock._ot_study.trials]
+    assert stopped_early >= 1
+    assert states.count(TrialState.COMPLETE) == 12 - errors  # stopped-early ones included
+    assert states.count(TrialState.PRUNED) == 0
