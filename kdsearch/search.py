@@ -56,6 +56,8 @@ class SearchOutcome:
 def init_ray(cfg: SpaceConfig, address: str | None) -> None:
     """Join the cluster at ``address``/RAY_ADDRESS, else start a local Ray on loopback."""
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # The legacy reporter honours verbose=0; kdsearch draws its own progress line.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False,
                               "configure_logging": True}
     address = address or os.environ.get("RAY_ADDRESS")

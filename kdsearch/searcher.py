@@ -28,6 +28,7 @@ from ray.tune.search.optuna import OptunaSearch
 from kdsearch.config import Choice, IntRange, LogUniform, Search
 
 logger = logging.getLogger(__name__)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def optuna_space(search: Search) -> dict[str, BaseDistribution]:
