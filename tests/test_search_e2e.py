@@ -1,0 +1,80 @@
+"""One real search, end to end: CLI, Ray Tune, Optuna, ASHA, MLflow, on a tiny synthetic set."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from kdsearch.testing import TINY_SPACE, write_tiny_space
+
+
+def run_cli(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_RUN_ID")}
+    return subprocess.run([sys.executable, "-m", "kdsearch.run", "space.yaml", *args],
+                          cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_search_records_every_trial_in_mlflow(tmp_path: Path) -> None:
+    search = {**TINY_SPACE["search"], "num_samples": 4}
+    write_tiny_space(tmp_path, search=search)
+    proc = run_cli(tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}" in proc.stdout
+    assert "trials 4/4 done" in proc.stderr
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("kdsearch.role") == "search"]
+    (teacher,) = [r for r in runs if r.data.tags.get("kdsearch.role") == "teacher"]
+    trials = [r for r in runs if r.data.tags.get("kdsearch.role") == "trial"]
+    assert len(trials) == 4
+    assert teacher.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert "val_acc" in teacher.data.metrics
+    statuses = {r.data.tags["kdsearch.status"] for r in trials}
+    assert statuses <= {"completed", "pruned"} and "completed" in statuses
+    for run in trials:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.status == "FINISHED"
+        assert {"alpha", "temperature", "backbone", "lr", "teacher", "epochs",
+                "crop_size"} <= set(run.data.params)
+        history = client.get_metric_history(run.info.run_id, "val_acc")
+        epochs = int(run.data.tags["kdsearch.epochs_run"])
+        assert [m.step for m in history] == list(range(1, epochs + 1))
+        expected = "completed" if epochs == 2 else "pruned"
+        assert run.data.tags["kdsearch.status"] == expected
+        assert {"train_ce", "train_kd", "val_video_acc", "val_loss"} <= set(run.data.metrics)
+    best_id = parent.data.tags["kdsearch.best_run_id"]
+    best = client.get_run(best_id)
+    assert best.data.tags["kdsearch.status"] == "completed"
+    completed = [r for r in trials if r.data.tags["kdsearch.status"] == "completed"]
+    assert best.data.metrics["val_acc"] == max(r.data.metrics["val_acc"] for r in completed)
+    assert parent.data.metrics["best_val_acc"] == best.data.metrics["val_acc"]
+    assert parent.data.params["best.backbone"] == best.data.params["backbone"]
+    assert parent.data.tags["kdsearch.status"] == "completed"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"space.yaml", "resolved_space.yaml"} <= artifacts
+
+    # A second search on the same data and teacher settings reuses both.
+    again = run_cli(tmp_path, "--set", "search.num_samples=1")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "teacher small3d: reusing" in again.stdout
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parents = mlflow.search_runs(experiment_names=["tiny"],
+                                 filter_string="tags.`kdsearch.role` = 'search'")
+    assert len(parents) == 2
+
+
+def test_gpus_requested_on_a_cluster_without_gpus_fail_at_start(tmp_path: Path) -> None:
+    write_tiny_space(tmp_path, resources={"cpus_per_trial": 1, "gpus_per_trial": 1})
+    proc = run_cli(tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "error: resources.gpus_per_trial: 1.0 asks for GPUs but the Ray cluster has none")
+    assert not (tmp_path / "mlflow.db").exists()
