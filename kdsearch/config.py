@@ -11,7 +11,6 @@ the driver: trials run in other working directories and only ever see absolute p
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -61,7 +60,7 @@ class Data(_Model):
     @classmethod
     def _implemented(cls, value: str) -> str:
         if value in ("frame_folder", "annotation_list"):
-            raise ValueError(f"format {value!r} is not supported yet; use synthetic or video_folder")
+            raise ValueError("is not supported yet; use synthetic or video_folder")
         return value
 
 

@@ -22,6 +22,9 @@ class NonFiniteLossError(RuntimeError):
 class Normalized(nn.Module):
     """A model with its own input normalisation, so teacher and student share one raw clip."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, model: nn.Module, mean: Iterable[float], std: Iterable[float]) -> None:
         super().__init__()
         self.model = model

@@ -1,6 +1,7 @@
 """The knowledge-distillation loss (Hinton et al., 2015), in SoccerKDNet's convention.
 
-    loss = (1 - alpha) * CE(student, y) + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+    loss = (1 - alpha) * CE(student, y)
+           + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))
 
 ``alpha`` is the weight on the teacher's soft targets: alpha = 0 is plain supervised training,
 alpha = 1 learns from the teacher alone. torchdistill's ``KDLoss`` uses the opposite

@@ -115,7 +115,7 @@ def _tune(cfg: SpaceConfig, ctx: TrialContext, callbacks: list[Any]) -> tune.Res
 
 def _rows(results: tune.ResultGrid, runs: dict[str, str], cfg: SpaceConfig) -> list[TrialRow]:
     rows = []
-    for result in results:
+    for result in (results[i] for i in range(len(results))):
         metrics = result.metrics or {}
         trial_id = str(metrics.get("trial_id") or Path(result.path).name)
         epochs = int(metrics.get("epoch", 0))

@@ -86,15 +86,16 @@ class FidelityAwareOptunaSearch(OptunaSearch):
             # on_trial_result; record it here so a pruned trial keeps its last rung.
             self._report(trial_id, result)
         if error or value is None or not math.isfinite(value):
-            self._ot_study.tell(ot_trial, None, state=TrialState.FAIL)
+            self.study.tell(ot_trial, None, state=TrialState.FAIL)
         elif trained < self._max_t:
-            self._ot_study.tell(ot_trial, None, state=TrialState.PRUNED)
+            self.study.tell(ot_trial, None, state=TrialState.PRUNED)
         else:
-            self._ot_study.tell(ot_trial, value, state=TrialState.COMPLETE)
+            self.study.tell(ot_trial, value, state=TrialState.COMPLETE)
         self._completed_trials.add(trial_id)
 
     @property
     def study(self) -> optuna.Study:
+        assert self._ot_study is not None, "the study exists once Tune set the searcher up"
         return self._ot_study
 
 
