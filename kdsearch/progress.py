@@ -26,6 +26,14 @@ class Progress(Callback):
         self.best: tuple[float, str] | None = None
         self.running = 0
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks with the experiment state; a stream may not pickle.
+        return {**self.__dict__, "stream": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.stream = sys.stderr
+
     def line(self) -> str:
         elapsed = int(time.monotonic() - self.start)
         c = self.counts

@@ -61,7 +61,9 @@ def init_ray(cfg: SpaceConfig, address: str | None) -> None:
     kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False,
                               "configure_logging": True}
     address = address or os.environ.get("RAY_ADDRESS")
-    if address:
+    if ray.is_initialized():  # a caller (a notebook, a test) already connected
+        pass
+    elif address:
         ray.init(address=address, **kwargs)
     else:
         ray.init(include_dashboard=False, dashboard_host="127.0.0.1", **kwargs)

@@ -7,8 +7,10 @@ active run), so trials never need to reach the tracking store and nothing is log
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param
@@ -107,11 +109,16 @@ class MLflowTrials(Callback):
 
 
 def error_message(trial: Any) -> str:
-    """The last line of a failed trial's exception ("ValueError: ..."), or a pointer to it."""
-    try:
-        error = trial.get_error()
-    except Exception:  # the error file may not be readable yet: fall back to a pointer
-        error = None
-    text = str(error).strip() if error else ""
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1].strip() if lines else f"see {trial.error_file or 'the Ray trial log'}"
+    """The failed trial's exception as one line ("NonFiniteLossError: ..."), or where to look."""
+    text = ""
+    if trial.error_file and Path(trial.error_file).is_file():
+        text = Path(trial.error_file).read_text(errors="replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        match = _EXCEPTION_LINE.match(line)
+        if match:
+            return f"{match.group(1).rsplit('.', 1)[-1]}: {match.group(2)}"
+    return lines[-1] if lines else f"see {trial.error_file or 'the Ray trial log'}"
+
+
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)):\s*(.*)$")

@@ -78,3 +78,29 @@ def test_gpus_requested_on_a_cluster_without_gpus_fail_at_start(tmp_path: Path) 
     assert proc.stderr.strip().splitlines()[-1].startswith(
         "error: resources.gpus_per_trial: 1.0 asks for GPUs but the Ray cluster has none")
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_failing_trial_is_recorded_and_the_search_goes_on(ray_local: None,
+                                                             tmp_path: Path) -> None:
+    from kdsearch.search import run_search
+    from kdsearch.spacefile import load_space
+
+    # lr 1e30 with SGD diverges in the first step: that trial fails, the others run.
+    search = {**TINY_SPACE["search"], "num_samples": 2,
+              "space": {"lr": {"type": "choice", "values": [1e30]}}}
+    path = write_tiny_space(tmp_path, search=search,
+                            student={**TINY_SPACE["student"], "optimizer": "sgd", "epochs": 1})
+    cfg = load_space(path, cwd=tmp_path)
+    outcome = run_search(cfg, path, say=lambda _: None)
+    assert outcome.best is None
+    assert [r.status for r in outcome.rows] == ["failed", "failed"]
+    client = MlflowClient(cfg.tracking_uri)
+    trials = client.search_runs([outcome.experiment_id],
+                                filter_string="tags.`kdsearch.role` = 'trial'")
+    assert len(trials) == 2
+    for run in trials:
+        assert run.data.tags["kdsearch.status"] == "failed"
+        assert run.info.status == "FAILED"
+        assert "NonFiniteLossError: training loss became" in run.data.tags["kdsearch.error"]
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.data.tags["kdsearch.status"] == "failed"

@@ -1,0 +1,42 @@
+"""Registry of student and teacher models for video action recognition.
+
+Every model maps clips ``[B, 3, T, H, W]`` (normalised with ``spec.mean``/``spec.std``) to
+logits ``[B, num_classes]``::
+
+    from kdsearch.models import create_model, get_head, list_models
+
+    list_models("teacher")  # ['mc3_18', 'mvit_v2_s', 'r2plus1d_18', 'r3d_18', ...]
+    teacher = create_model("r3d_18", num_classes=4, weights="kinetics400", role="teacher")
+    get_head(teacher)  # Linear(in_features=512, out_features=4): the layer to fine-tune first
+
+Published weights are never downloaded: they are read from ``weights_path(spec)`` in the
+torch hub cache, where a missing file is reported with the URL to fetch it from.
+"""
+
+from kdsearch.models import _tiny, _zoo  # noqa: F401  (importing registers the models)
+from kdsearch.models._registry import create_model, get_spec, list_models, register_model
+from kdsearch.models._spec import (
+    ModelSpec,
+    Role,
+    UnknownModelError,
+    WeightsError,
+    get_head,
+    mark_head,
+)
+from kdsearch.models._weights import weights_path
+from kdsearch.models._zoo import FrameResNet
+
+__all__ = [
+    "FrameResNet",
+    "ModelSpec",
+    "Role",
+    "UnknownModelError",
+    "WeightsError",
+    "create_model",
+    "get_head",
+    "get_spec",
+    "list_models",
+    "mark_head",
+    "register_model",
+    "weights_path",
+]
