@@ -75,6 +75,7 @@ def _finetune(cfg: SpaceConfig, num_classes: int, train: list[VideoRecord],
               ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     t = cfg.teacher
     torch.manual_seed(cfg.search.seed)
+    torch.set_num_threads(cfg.resources.teacher_cpus)
     device = pick_device(cfg.resources.gpus_per_trial)
     model = build_model(t.model, num_classes, t.weights, "teacher").to(device)
     if t.finetune == "head":
