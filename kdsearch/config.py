@@ -46,6 +46,13 @@ class SyntheticData(_Model):
     fps: Annotated[int, Field(ge=1)] = 16
     seed: int = 0
 
+    @field_validator("size")
+    @classmethod
+    def _even(cls, value: int) -> int:
+        if value % 2:
+            raise ValueError("must be even (H.264 stores colour at half resolution)")
+        return value
+
 
 class Data(_Model):
     format: Literal["synthetic", "video_folder", "frame_folder", "annotation_list"]

@@ -75,6 +75,7 @@ def test_demo_is_valid_and_paths_become_absolute(tmp_path: Path) -> None:
     ({"teacher": None}, "teacher: missing (required)"),
     ({"data.format": "hdf5"}, "data.format: 'hdf5' input should be"),
     ({"data.format": "frame_folder"}, "data.format: 'frame_folder' is not supported yet"),
+    ({"data.synthetic.size": 33}, "data.synthetic.size: 33 must be even"),
     ({"experiment.name": "a b"}, "experiment.name: 'a b' string should match pattern"),
     ({"resources.gpus_per_trial": -1}, "resources.gpus_per_trial: -1 input should be greater"),
     ({"search.scheduler": {"name": "asha", "reduction_factor": 1}},
