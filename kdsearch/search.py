@@ -130,12 +130,18 @@ def _rows(results: tune.ResultGrid, runs: dict[str, str], cfg: SpaceConfig) -> l
                                        sign * (r.value or 0)))
 
 
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
 def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
-               say: Any = print) -> SearchOutcome:
+               say: Any = None) -> SearchOutcome:
+    say = say or _say
     start = time.monotonic()
     init_ray(cfg, address)
     prepare_data(cfg.data)
     classes, train, val = load_splits(cfg.data)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no table-migration chatter
     mlflow.set_tracking_uri(cfg.tracking_uri)
     client = MlflowClient(cfg.tracking_uri)
     experiment_id, parent_id = _start_parent(client, cfg, space_path)

@@ -126,12 +126,26 @@ def resolve_paths(cfg: SpaceConfig, cwd: Path) -> SpaceConfig:
                                   "storage": _absolute(cfg.storage, cwd)})
 
 
+def _split_problems(cfg: SpaceConfig) -> list[str]:
+    """Both splits must hold videos of the same classes; listing folders is cheap."""
+    from kdsearch.data import scan_video_folder
+
+    try:
+        names, _ = scan_video_folder(Path(cfg.data.root), cfg.data.train_split, cfg.data.classes)
+        scan_video_folder(Path(cfg.data.root), cfg.data.val_split, names)
+    except ValueError as err:
+        return [f"data.root: {err}"]
+    return []
+
+
 def _path_problems(cfg: SpaceConfig) -> list[str]:
     from kdsearch.models import get_spec, weights_path
 
     problems = []
     if cfg.data.format != "synthetic" and not Path(cfg.data.root).is_dir():
         problems.append(f"data.root: {cfg.data.root!r} is not a directory")
+    elif cfg.data.format == "video_folder":
+        problems.extend(_split_problems(cfg))
     for section, model, weights in (("teacher", cfg.teacher.model, cfg.teacher.weights),
                                     ("student", cfg.student.backbone, cfg.student.weights)):
         if weights == "none":

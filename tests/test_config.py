@@ -94,6 +94,14 @@ def test_paths_that_must_exist(tmp_path: Path) -> None:
     assert f"teacher.weights: '{tmp_path / 'nowhere' / 'teacher.pt'}' is not a file" in found
 
 
+def test_video_folder_splits_are_checked(tmp_path: Path) -> None:
+    (tmp_path / "videos" / "train" / "kick").mkdir(parents=True)
+    (tmp_path / "videos" / "train" / "kick" / "a.mp4").write_bytes(b"")
+    path = write_space(tmp_path, **{"data.format": "video_folder", "data.root": "videos"})
+    (line,) = problems(path)
+    assert line.startswith(f"data.root: split folder {tmp_path / 'videos' / 'val'} does not exist")
+
+
 def test_missing_kinetics_weights_name_the_file(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))

@@ -94,8 +94,12 @@ def tiny3d(
 
 
 def small3d(num_classes: int, widths: tuple[int, ...] = (32, 64, 128, 256)) -> VideoCNN:
-    """A 3x5x5 stem and four residual stages (a ResNet-10-like 3D network)."""
-    layers: list[nn.Module] = [conv_bn_relu(3, widths[0], (3, 5, 5), (1, 2, 2))]
+    """A 3x5x5 stem and four residual stages (a ResNet-10-like 3D network).
+
+    The stem keeps full resolution: on the small CPU-demo clips, a strided stem loses the
+    few-pixel ball, and the teacher then learns no better than the tiny students.
+    """
+    layers: list[nn.Module] = [conv_bn_relu(3, widths[0], (3, 5, 5), (1, 1, 1))]
     cin = widths[0]
     for cout, stride in zip(widths, SMALL_STRIDES, strict=True):
         layers.append(ResBlock3d(cin, cout, stride))
