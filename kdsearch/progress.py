@@ -74,14 +74,14 @@ class Progress(Callback):
             self.best = (float(value), trial.trial_id)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.running = max(0, sum(t.status == "RUNNING" for t in trials) - 1)
+        self.running = sum(t.status == "RUNNING" and t is not trial for t in trials)
         epochs = int((trial.last_result or {}).get("epoch", 0))
         self.counts["completed" if epochs >= self.max_t else "pruned"] += 1
         self.draw(force=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.counts["failed"] += 1
-        self.running = max(0, sum(t.status == "RUNNING" for t in trials) - 1)
+        self.running = sum(t.status == "RUNNING" and t is not trial for t in trials)
         self.say(f"trial {trial.trial_id} failed: {error_message(trial)}")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:

@@ -60,8 +60,10 @@ def print_outcome(outcome: object, cfg: SpaceConfig) -> None:
         value = "-" if row.value is None else f"{row.value:.3f}"
         params = "  ".join(_fmt(row.config.get(n)) for n in names)
         print(f"{row.trial_id:<12}{row.status:<11}{row.epochs:>6} {value:>13}  {params}")
-    if outcome.best is None:
+    if outcome.best is None and not outcome.interrupted:
         print("no trial completed; see the failures above")
+    elif outcome.best is None:
+        print("no trial completed before the search was interrupted")
     else:
         print(f"\nbest: {metric} {outcome.best.value:.3f} with "
               + ", ".join(f"{k}={_fmt(v)}" for k, v in outcome.best.config.items())
@@ -70,6 +72,8 @@ def print_outcome(outcome: object, cfg: SpaceConfig) -> None:
 
 
 def _fmt(value: object) -> str:
+    if value is None:
+        return "-"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
@@ -98,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     print_outcome(outcome, cfg)
+    if outcome.interrupted:
+        print("\nthe search was interrupted; finished trials are recorded in MLflow",
+              file=sys.stderr)
+        return 130
     return 0 if outcome.best is not None else 1
 
 

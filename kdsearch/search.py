@@ -51,6 +51,7 @@ class SearchOutcome:
     best: TrialRow | None
     teacher_metrics: dict[str, float]
     seconds: float
+    interrupted: bool  # stopped (Ctrl-C) before every trial finished
 
 
 def init_ray(cfg: SpaceConfig, address: str | None) -> None:
@@ -73,10 +74,21 @@ def init_ray(cfg: SpaceConfig, address: str | None) -> None:
                            "GPUs but the Ray cluster has none; set it to 0 to train on CPUs"])
 
 
+def _artifact_root(cfg: SpaceConfig) -> str | None:
+    """Beside a SQLite store, artifacts go to ``mlartifacts/`` next to the database file
+    (MLflow's default is ``./mlruns`` under whatever directory the process runs in)."""
+    uri = cfg.tracking_uri
+    if not uri.startswith("sqlite:///"):
+        return None  # a tracking server chooses its own artifact store
+    db = Path(uri.removeprefix("sqlite:///"))
+    return (db.parent / "mlartifacts" / cfg.experiment.name).as_uri()
+
+
 def _start_parent(client: MlflowClient, cfg: SpaceConfig, space_path: Path) -> tuple[str, str]:
     experiment = client.get_experiment_by_name(cfg.experiment.name)
     experiment_id = (experiment.experiment_id if experiment
-                     else client.create_experiment(cfg.experiment.name))
+                     else client.create_experiment(cfg.experiment.name,
+                                                   artifact_location=_artifact_root(cfg)))
     run = client.create_run(experiment_id, run_name=f"search-{time.strftime('%Y%m%d-%H%M%S')}",
                             tags={ROLE: "search", STATUS: "running"})
     run_id = run.info.run_id
@@ -115,15 +127,15 @@ def _tune(cfg: SpaceConfig, ctx: TrialContext, callbacks: list[Any]) -> tune.Res
     return tuner.fit()
 
 
-def _rows(results: tune.ResultGrid, runs: dict[str, str], cfg: SpaceConfig) -> list[TrialRow]:
+def _rows(results: tune.ResultGrid, trials: MLflowTrials, cfg: SpaceConfig) -> list[TrialRow]:
     rows = []
     for result in (results[i] for i in range(len(results))):
         metrics = result.metrics or {}
         trial_id = str(metrics.get("trial_id") or Path(result.path).name)
         epochs = int(metrics.get("epoch", 0))
-        status = ("failed" if result.error else
-                  "completed" if epochs >= cfg.student.epochs else "pruned")
-        rows.append(TrialRow(trial_id, runs.get(trial_id), status, epochs,
+        # The callback saw how each trial ended; one it never saw end was interrupted.
+        status = trials.status.get(trial_id, "interrupted")
+        rows.append(TrialRow(trial_id, trials.runs.get(trial_id), status, epochs,
                              metrics.get(cfg.search.metric), dict(result.config or {})))
     sign = -1 if cfg.search.mode == "max" else 1
     return sorted(rows, key=lambda r: (r.status != "completed", r.value is None,
@@ -164,24 +176,31 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
                             cfg.search.num_samples)
         say(f"search: {cfg.search.num_samples} trials, {cfg.search.max_concurrent} at a time")
         results = _tune(cfg, ctx, [mlflow_cb, progress])
-        rows = _rows(results, mlflow_cb.runs, cfg)
+        mlflow_cb.close_open_runs()
+        rows = _rows(results, mlflow_cb, cfg)
         best = next((r for r in rows if r.status == "completed"), None)
-        _finish_parent(client, parent_id, cfg, best)
-    except BaseException:
-        client.set_tag(parent_id, STATUS, "failed")
-        client.set_terminated(parent_id, "FAILED")
+        interrupted = sum(r.status != "interrupted" for r in rows) < cfg.search.num_samples
+        _finish_parent(client, parent_id, cfg, best, interrupted)
+    except BaseException as err:
+        interrupted = isinstance(err, KeyboardInterrupt)
+        client.set_tag(parent_id, STATUS, "interrupted" if interrupted else "failed")
+        client.set_terminated(parent_id, "KILLED" if interrupted else "FAILED")
         raise
     return SearchOutcome(experiment_id, parent_id, rows, best, teacher.metrics,
-                         time.monotonic() - start)
+                         time.monotonic() - start, interrupted)
 
 
 def _finish_parent(client: MlflowClient, parent_id: str, cfg: SpaceConfig,
-                   best: TrialRow | None) -> None:
+                   best: TrialRow | None, interrupted: bool) -> None:
     if best is not None:
         log_params(client, parent_id, {f"best.{k}": v for k, v in best.config.items()})
         if best.value is not None:
             log_metrics(client, parent_id, {f"best_{cfg.search.metric}": best.value})
         if best.run_id:
             client.set_tag(parent_id, "kdsearch.best_run_id", best.run_id)
+    if interrupted:
+        client.set_tag(parent_id, STATUS, "interrupted")
+        client.set_terminated(parent_id, "KILLED")
+        return
     client.set_tag(parent_id, STATUS, "completed" if best else "failed")
     client.set_terminated(parent_id, "FINISHED" if best else "FAILED")

@@ -95,6 +95,15 @@ class MLflowTrials(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, "failed", error=error_message(trial))
 
+    def close_open_runs(self) -> None:
+        """Mark trials that never finished (the search was stopped) ``interrupted``, so no
+        run stays RUNNING forever in the UI."""
+        for trial_id, run_id in self.runs.items():
+            if trial_id not in self.status:
+                self.status[trial_id] = "interrupted"
+                self.client.set_tag(run_id, STATUS, "interrupted")
+                self.client.set_terminated(run_id, "KILLED")
+
     def _finish(self, trial: Any, status: str, error: str | None = None) -> None:
         run_id = self.runs.get(trial.trial_id)
         if run_id is None or trial.trial_id in self.status:

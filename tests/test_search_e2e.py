@@ -60,6 +60,7 @@ def test_search_records_every_trial_in_mlflow(tmp_path: Path) -> None:
     assert parent.data.tags["kdsearch.status"] == "completed"
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"space.yaml", "resolved_space.yaml"} <= artifacts
+    assert (tmp_path / "mlartifacts" / "tiny").is_dir() and not (tmp_path / "mlruns").exists()
 
     # A second search on the same data and teacher settings reuses both.
     again = run_cli(tmp_path, "--set", "search.num_samples=1")
