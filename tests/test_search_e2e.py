@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -105,3 +107,32 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(ray_local: None,
         assert "NonFiniteLossError: training loss became" in run.data.tags["kdsearch.error"]
     parent = client.get_run(outcome.parent_run_id)
     assert parent.data.tags["kdsearch.status"] == "failed"
+
+
+def test_ctrl_c_keeps_finished_work_and_leaves_no_run_open(tmp_path: Path) -> None:
+    student = {**TINY_SPACE["student"], "epochs": 200}  # trials are still running at Ctrl-C
+    write_tiny_space(tmp_path, student=student)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_RUN_ID")}
+    proc = subprocess.Popen([sys.executable, "-m", "kdsearch.run", "space.yaml"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(2)
+        experiment = (tmp_path / "mlflow.db").exists() and client.get_experiment_by_name("tiny")
+        if experiment and any("val_acc" in r.data.metrics for r in client.search_runs(
+                [experiment.experiment_id], "tags.`kdsearch.role` = 'trial'")):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out + err
+    assert "the search was interrupted" in err
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert [r for r in runs if r.info.status == "RUNNING"] == []
+    (parent,) = [r for r in runs if r.data.tags.get("kdsearch.role") == "search"]
+    assert parent.info.status == "KILLED"
+    assert parent.data.tags["kdsearch.status"] == "interrupted"
+    trials = [r for r in runs if r.data.tags.get("kdsearch.role") == "trial"]
+    # an interrupted trial keeps the epochs it ran
+    assert any(r.data.tags["kdsearch.status"] == "interrupted" and "val_acc" in r.data.metrics
+               for r in trials)
