@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from kdsearch.config import SpaceConfig
+from kdsearch.config import ConfigError, SpaceConfig
 from kdsearch.data import VideoRecord
 from kdsearch.datasets import make_loaders
 from kdsearch.engine import build_model, evaluate, make_optimizer, pick_device, train_one_epoch
-from kdsearch.models import get_head
+from kdsearch.models import WeightsError, get_head
 
 TEACHER_FILE = "teacher.pt"
 META_FILE = "meta.json"
@@ -77,7 +77,10 @@ def _finetune(cfg: SpaceConfig, num_classes: int, train: list[VideoRecord],
     torch.manual_seed(cfg.search.seed)
     torch.set_num_threads(cfg.resources.teacher_cpus)
     device = pick_device(cfg.resources.gpus_per_trial)
-    model = build_model(t.model, num_classes, t.weights, "teacher").to(device)
+    try:
+        model = build_model(t.model, num_classes, t.weights, "teacher").to(device)
+    except WeightsError as err:  # a file that exists but does not fit: the user's input
+        raise ConfigError([f"teacher.weights: {err}"]) from None
     if t.finetune == "head":
         model.requires_grad_(False)
         get_head(model.model).requires_grad_(True)

@@ -85,3 +85,16 @@ def test_teacher_is_reused_for_the_same_settings_and_data(context: TrialContext)
     other = context.cfg.model_copy(update={"teacher": context.cfg.teacher.model_copy(
         update={"epochs": 2})})
     assert prepare_teacher(other, classes, train, val, log=lambda _: None).path != again.path
+
+
+def test_teacher_weights_that_do_not_fit_are_a_config_error(context: TrialContext,
+                                                            tmp_path: Path) -> None:
+    from kdsearch.config import ConfigError
+
+    bad = tmp_path / "bad.pt"
+    torch.save({"conv.weight": torch.zeros(1)}, bad)
+    cfg = context.cfg.model_copy(update={"teacher": context.cfg.teacher.model_copy(
+        update={"weights": str(bad), "epochs": 3})})
+    classes, train, val = load_splits(cfg.data)
+    with pytest.raises(ConfigError, match=r"^teacher.weights: .*does not fit model 'small3d'"):
+        prepare_teacher(cfg, classes, train, val, log=lambda _: None)
