@@ -62,7 +62,7 @@ def train_one_epoch(student: nn.Module, loader: Iterable[Batch], optimizer: torc
     use_teacher = teacher is not None and alpha > 0
     if teacher is not None:
         teacher.eval()
-    sums = {"loss": 0.0, "ce": 0.0, "kd": 0.0, "correct": 0.0}
+    sums = torch.zeros(4, dtype=torch.float64)  # loss, ce, kd, correct; summed over clips
     seen = 0
     for clips, labels, _ in loader:
         clips, labels = clips.to(device, non_blocking=True), labels.to(device)
@@ -71,25 +71,25 @@ def train_one_epoch(student: nn.Module, loader: Iterable[Batch], optimizer: torc
             assert teacher is not None
             with torch.no_grad():
                 teacher_logits = teacher(clips)
-            parts = kd_loss(logits, teacher_logits, labels, alpha, temperature)
-            loss, ce, kd = parts.total, parts.ce.item(), parts.kd.item()
+            loss, ce, kd = kd_loss(logits, teacher_logits, labels, alpha, temperature)
         else:
-            loss = F.cross_entropy(logits, labels)
-            ce, kd = loss.item(), 0.0
-        if not math.isfinite(loss.item()):
-            raise NonFiniteLossError(f"training loss became {loss.item()} after {seen} clips")
+            loss = ce = F.cross_entropy(logits, labels)
+            kd = torch.zeros((), device=device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
         n = labels.numel()
+        # One host sync per step: the values to log and the finiteness check travel together.
+        step = torch.stack([loss.detach(), ce.detach(), kd.detach(),
+                            (logits.argmax(1) == labels).sum() / n]).double().cpu()
+        if not math.isfinite(step[0].item()):
+            raise NonFiniteLossError(f"training loss became {step[0].item()} after {seen} "
+                                     "clips")
+        optimizer.step()
+        sums += step * n
         seen += n
-        sums["loss"] += loss.item() * n
-        sums["ce"] += ce * n
-        sums["kd"] += kd * n
-        sums["correct"] += (logits.argmax(1) == labels).sum().item()
-    seen = max(seen, 1)
-    return {"train_loss": sums["loss"] / seen, "train_ce": sums["ce"] / seen,
-            "train_kd": sums["kd"] / seen, "train_acc": sums["correct"] / seen}
+    sums /= max(seen, 1)
+    return {"train_loss": sums[0].item(), "train_ce": sums[1].item(),
+            "train_kd": sums[2].item(), "train_acc": sums[3].item()}
 
 
 @torch.no_grad()

@@ -11,7 +11,6 @@ trained the full budget are COMPLETE.
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
@@ -27,7 +26,6 @@ from ray.tune.search.optuna import OptunaSearch
 
 from kdsearch.config import Choice, IntRange, LogUniform, Search
 
-logger = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
