@@ -13,13 +13,20 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 #: Training settings a search may sample. Each one also has a fixed value in ``student``.
 SEARCHABLE = ("alpha", "temperature", "lr", "backbone", "weight_decay", "momentum",
               "batch_size", "optimizer")
 OPTIMIZERS = ("sgd", "adamw")
-PRETRAINED = ("none", "kinetics400", "imagenet")
+PRETRAINED = ("none", "pretrained", "kinetics400", "imagenet")
 
 
 class ConfigError(Exception):
@@ -55,20 +62,49 @@ class SyntheticData(_Model):
 
 
 class Data(_Model):
+    """Where the videos are and how they are laid out (see the README's "Your data").
+
+    ``train_split``/``val_split`` name split folders (``video_folder``, ``frame_folder``) or
+    list files (``annotation_list``), relative to ``root``. ``val_split: null`` takes a
+    stratified, seeded ``val_fraction`` of the training split for validation;
+    ``train_split: null`` (folder layouts) reads class folders directly under ``root``.
+    """
+
     format: Literal["synthetic", "video_folder", "frame_folder", "annotation_list"]
     root: str
-    train_split: str = "train"
-    val_split: str = "val"
+    train_split: str | None = "train"
+    val_split: str | None = "val"
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    split_seed: int = 0
     classes: list[str] | None = None
+    frame_rate: Annotated[float, Field(gt=0)] | None = None  # frame folders store no fps
+    short_videos: Literal["pad", "skip"] = "pad"
     synthetic: SyntheticData = SyntheticData()
     num_workers: Annotated[int, Field(ge=0)] = 0
 
-    @field_validator("format")
+    @field_validator("classes")
     @classmethod
-    def _implemented(cls, value: str) -> str:
-        if value in ("frame_folder", "annotation_list"):
-            raise ValueError("is not supported yet; use synthetic or video_folder")
+    def _unique(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("must name at least one class")
+            repeated = sorted({name for name in value if value.count(name) > 1})
+            if repeated:
+                raise ValueError(f"repeats {', '.join(repeated)}; class names must be unique")
         return value
+
+    @model_validator(mode="after")
+    def _splits(self) -> Data:
+        if self.train_split is None and self.format in ("annotation_list", "synthetic"):
+            raise ValueError(f"train_split: must name the training "
+                             f"{'list file' if self.format == 'annotation_list' else 'split'}"
+                             f" for format {self.format}")
+        if self.train_split is None and self.val_split is not None:
+            raise ValueError("val_split: must be null when train_split is null (class folders "
+                             "directly under root are split into train and val)")
+        if self.format == "synthetic" and self.val_split is None:
+            raise ValueError("val_split: must not be null for format synthetic")
+        return self
 
 
 class Clip(_Model):
@@ -147,7 +183,8 @@ class Search(_Model):
     num_samples: Annotated[int, Field(ge=1)] = 12
     max_concurrent: Annotated[int, Field(ge=1)] = 2
     seed: int = 0
-    metric: Literal["val_acc", "val_video_acc", "val_loss"] = "val_acc"
+    metric: Literal["val_acc", "val_video_acc", "val_vote_acc", "val_macro_f1",
+                    "val_loss"] = "val_acc"
     mode: Literal["max", "min"] = "max"
     sampler: Literal["tpe", "random"] = "tpe"
     scheduler: Annotated[Asha | NoScheduler, Field(discriminator="name")] = Asha()
@@ -249,7 +286,11 @@ def format_validation_error(err: ValidationError) -> list[str]:
             lines.append(f"{loc}: missing (required)")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"{loc}: {e.get('input')!r} {msg[0].lower()}{msg[1:]}")
+            # A model validator's message starts with its field: "train_split: must ..."
+            if e["type"] == "value_error" and isinstance(e.get("input"), dict):
+                lines.append(f"{loc}.{msg}")
+            else:
+                lines.append(f"{loc}: {e.get('input')!r} {msg[0].lower()}{msg[1:]}")
     return lines
 
 

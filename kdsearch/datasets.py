@@ -1,21 +1,59 @@
-"""From the space file's ``data`` section to DataLoaders."""
+"""From the space file's ``data`` section to usable videos, a report of unusable ones, and
+DataLoaders.
+
+Every video of both splits is probed once (see ``kdsearch.data.index``); those that cannot
+be used are left out with their reason, so a broken file never stops a search, and a class
+or split left empty stops it before any trial starts.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import collections
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
-from kdsearch.config import Clip, Data
-from kdsearch.data import VideoClipDataset, VideoRecord, generate_synthetic, scan_video_folder
-
-Splits = tuple[list[str], list[VideoRecord], list[VideoRecord]]
+from kdsearch.config import Clip, ConfigError, Data
+from kdsearch.data.index import IndexRow, index_path, index_split
+from kdsearch.data.layouts import Listing, list_split, stratified_split
+from kdsearch.data.synthetic import generate_synthetic
+from kdsearch.data.video import VideoClipDataset, VideoRecord
 
 # Clips leave the loader as raw [0, 1] RGB; each model normalises its own input, so one clip
 # can feed a teacher and a student trained with different statistics.
 _RAW = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+# How many unusable videos are named one per line; the MLflow table holds them all.
+_NAMED = 10
+
+Log = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataIssue:
+    split: str
+    path: str
+    status: str  # why it was skipped ("empty", "too_short", ...), or "ok" when used anyway
+    reason: str
+    action: str  # "skipped" or "used"
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSplits:
+    classes: tuple[str, ...]
+    train: tuple[VideoRecord, ...]
+    val: tuple[VideoRecord, ...]
+    issues: tuple[DataIssue, ...]
+    fingerprint: str  # changes whenever a used video, its label or its split changes
+
+    def issue_table(self) -> dict[str, list[str]]:
+        """Column-wise, as ``MlflowClient.log_table`` takes it."""
+        fields = [f.name for f in dataclasses.fields(DataIssue)]
+        return {name: [getattr(issue, name) for issue in self.issues] for name in fields}
 
 
 def prepare_data(data: Data) -> Path:
@@ -29,16 +67,124 @@ def prepare_data(data: Data) -> Path:
     return root
 
 
-def load_splits(data: Data, classes: Sequence[str] | None = None) -> Splits:
-    """Class names and the training and validation records; both splits share the classes."""
+def list_splits(data: Data) -> tuple[Listing, Listing | None]:
+    """The training listing and, when the data has a validation split, its listing."""
     root = Path(data.root)
-    names, train = scan_video_folder(root, data.train_split, classes or data.classes)
-    _, val = scan_video_folder(root, data.val_split, names)
-    return names, train, val
+    fmt = "video_folder" if data.format == "synthetic" else data.format
+    train = list_split(root, fmt, data.train_split, data.classes)
+    if data.val_split is None:
+        return train, None
+    return train, list_split(root, fmt, data.val_split, train.classes)
 
 
-def make_loaders(train: list[VideoRecord], val: list[VideoRecord], clip: Clip, batch_size: int,
-                 *, val_clips_per_video: int, num_workers: int, seed: int
+def load_dataset(data: Data, clip: Clip, index_fallback: Path, log: Log = print
+                 ) -> DatasetSplits:
+    """Index both splits, leave unusable videos out, and check every class keeps some."""
+    root = Path(data.root)
+    train_listing, val_listing = list_splits(data)
+    index = {"frame_rate": data.frame_rate, "log": log}
+
+    def rows_of(listing: Listing) -> list[IndexRow]:
+        return index_split(root, listing, index_path(root, listing.source, index_fallback),
+                           **index)  # type: ignore[arg-type]
+
+    train_rows = rows_of(train_listing)
+    if val_listing is None:
+        _, val_entries = stratified_split(train_listing, data.val_fraction, data.split_seed)
+        val_paths = {e.path for e in val_entries}
+        val_rows = [r for r in train_rows if r.path in val_paths]
+        train_rows = [r for r in train_rows if r.path not in val_paths]
+    else:
+        val_rows = rows_of(val_listing)
+    need = (clip.num_frames - 1) * clip.stride + 1
+    train, train_issues = _usable(root, "train", train_rows, need, data.short_videos)
+    val, val_issues = _usable(root, "val", val_rows, need, data.short_videos)
+    classes = train_listing.classes
+    _check_classes(classes, {"train": train, "val": val}, train_issues + val_issues)
+    return DatasetSplits(classes, tuple(train), tuple(val), tuple(train_issues + val_issues),
+                         _fingerprint(classes, train_rows, val_rows, train, val))
+
+
+def _usable(root: Path, split: str, rows: list[IndexRow], need: int, short: str
+            ) -> tuple[list[VideoRecord], list[DataIssue]]:
+    records, issues = [], []
+    for row in rows:
+        issue = _issue(split, row, need, short)
+        if issue is not None:
+            issues.append(issue)
+            if issue.action == "skipped":
+                continue
+        records.append(VideoRecord(root / row.path, row.label, row.num_frames,
+                                   row.kind, row.rotation))  # type: ignore[arg-type]
+    return records, issues
+
+
+def _issue(split: str, row: IndexRow, need: int, short: str) -> DataIssue | None:
+    if row.status != "ok":
+        return DataIssue(split, row.path, row.status, row.reason, "skipped")
+    if row.num_frames < need:
+        reason = f"{row.num_frames} frames, the clip needs {need}"
+        if short == "skip":
+            return DataIssue(split, row.path, "too_short", reason, "skipped")
+        return DataIssue(split, row.path, "padded", reason + "; last frame repeated", "used")
+    remarks = [row.reason] if row.reason else []
+    if row.rotation:
+        remarks.append(f"rotated {row.rotation} degrees upright")
+    if remarks:
+        return DataIssue(split, row.path, "ok", "; ".join(remarks), "used")
+    return None
+
+
+def _check_classes(classes: Sequence[str], splits: dict[str, list[VideoRecord]],
+                   issues: list[DataIssue]) -> None:
+    problems = []
+    for split, records in splits.items():
+        counts = collections.Counter(r.label for r in records)
+        skipped = sum(i.split == split and i.action == "skipped" for i in issues)
+        if not records:
+            problems.append(f"data: the {split} split has no usable video ({skipped} skipped; "
+                            "see the reasons above)")
+            continue
+        for label, name in enumerate(classes):
+            if counts[label] == 0:
+                problems.append(f"data: class {name!r} has no usable video in the {split} split"
+                                f" ({skipped} videos skipped in that split; see the reasons "
+                                "above)")
+    if problems:
+        raise ConfigError(problems)
+
+
+def _fingerprint(classes: Sequence[str], train_rows: list[IndexRow], val_rows: list[IndexRow],
+                 train: list[VideoRecord], val: list[VideoRecord]) -> str:
+    used = {str(r.path) for r in (*train, *val)}
+    rows = [(split, r.path, r.label, r.size, r.mtime_ns, r.num_frames)
+            for split, part in (("train", train_rows), ("val", val_rows)) for r in part]
+    payload = {"classes": list(classes), "used": sorted(used), "rows": rows}
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
+
+
+def summarize(splits: DatasetSplits) -> list[str]:
+    """Lines for people: counts per split, skipped videos by reason, the first few by name."""
+    lines = [f"data: {len(splits.classes)} classes, {len(splits.train)} training and "
+             f"{len(splits.val)} validation videos usable"]
+    for action, verb in (("skipped", "skipped"), ("used", "used with care")):
+        chosen = [i for i in splits.issues if i.action == action]
+        if not chosen:
+            continue
+        counts = collections.Counter(i.status if i.status != "ok" else i.reason.split(":")[0]
+                                     for i in chosen)
+        lines.append(f"data: {len(chosen)} videos {verb}: "
+                     + ", ".join(f"{n} {what}" for what, n in counts.most_common()))
+        if action == "skipped":
+            lines += [f"  {i.path}: {i.reason or i.status}" for i in chosen[:_NAMED]]
+            if len(chosen) > _NAMED:
+                lines.append(f"  ... and {len(chosen) - _NAMED} more (the data_issues table "
+                             "of the search's MLflow run lists them all)")
+    return lines
+
+
+def make_loaders(train: Sequence[VideoRecord], val: Sequence[VideoRecord], clip: Clip,
+                 batch_size: int, *, val_clips_per_video: int, num_workers: int, seed: int
                  ) -> tuple[DataLoader, DataLoader]:
     shape = {"num_frames": clip.num_frames, "stride": clip.stride, "crop_size": clip.crop_size}
     train_ds = VideoClipDataset(train, train=True, seed=seed, **shape, **_RAW)  # type: ignore[arg-type]

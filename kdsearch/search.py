@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from kdsearch.config import ConfigError, SpaceConfig
-from kdsearch.datasets import load_splits, prepare_data
+from kdsearch.datasets import load_dataset, prepare_data, summarize
 from kdsearch.progress import Progress
 from kdsearch.searcher import make_searcher
 from kdsearch.teacher import prepare_teacher
@@ -25,6 +25,8 @@ from kdsearch.tracking import (
     STATUS,
     MLflowTrials,
     fixed_params,
+    log_data,
+    log_evaluation,
     log_metrics,
     log_params,
     start_child,
@@ -150,28 +152,29 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
                say: Any = None) -> SearchOutcome:
     say = say or _say
     start = time.monotonic()
-    init_ray(cfg, address)
     prepare_data(cfg.data)
-    classes, train, val = load_splits(cfg.data)
+    data = load_dataset(cfg.data, cfg.student.clip, Path(cfg.storage) / "indexes", log=say)
+    for line in summarize(data):
+        say(line)
+    init_ray(cfg, address)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no table-migration chatter
     mlflow.set_tracking_uri(cfg.tracking_uri)
     client = MlflowClient(cfg.tracking_uri)
     experiment_id, parent_id = _start_parent(client, cfg, space_path)
     try:
-        say(f"data: {len(classes)} classes, {len(train)} training and {len(val)} validation "
-            f"videos in {cfg.data.root}")
-        teacher = prepare_teacher(cfg, classes, train, val, log=say)
+        log_data(client, parent_id, data)
+        teacher = prepare_teacher(cfg, data, log=say)
         teacher_run = start_child(client, experiment_id, parent_id, f"teacher-{cfg.teacher.model}",
                                   {ROLE: "teacher", "kdsearch.teacher.reused": str(teacher.reused),
                                    "kdsearch.teacher.path": str(teacher.path)})
         log_params(client, teacher_run, {**cfg.teacher.model_dump(),
-                                         **fixed_params(cfg, tuple(classes))})
-        log_metrics(client, teacher_run, teacher.metrics)
+                                         **fixed_params(cfg, data.classes)})
+        log_evaluation(client, teacher_run, teacher.metrics, data.classes)
         client.set_terminated(teacher_run)
         log_metrics(client, parent_id, {f"teacher_{k}": v for k, v in teacher.metrics.items()
                                         if k.startswith("val")})
-        ctx = TrialContext(cfg, tuple(classes), str(teacher.path))
-        mlflow_cb = MLflowTrials(client, experiment_id, parent_id, cfg, tuple(classes))
+        ctx = TrialContext(cfg, data.classes, str(teacher.path), data.train, data.val)
+        mlflow_cb = MLflowTrials(client, experiment_id, parent_id, cfg, data.classes)
         progress = Progress(cfg.search.metric, cfg.search.mode, cfg.student.epochs,
                             cfg.search.num_samples)
         say(f"search: {cfg.search.num_samples} trials, {cfg.search.max_concurrent} at a time")

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from kdsearch.config import (
     PRETRAINED,
+    Choice,
     ConfigError,
     SpaceConfig,
     format_validation_error,
@@ -96,11 +97,26 @@ def _model_problems(cfg: SpaceConfig) -> list[str]:
     if "backbone" not in cfg.search.space and cfg.student.backbone not in students:
         problems.append(f"student.backbone: {cfg.student.backbone!r} is not a registered "
                         f"student (valid: {', '.join(students)})")
+    if cfg.search.metric == "val_vote_acc":
+        problems += _vote_problems(cfg, students)
     if cfg.search.metric == "val_loss" and cfg.search.mode != "min":
         problems.append("search.mode: 'max' is wrong for metric val_loss; use min")
     if cfg.search.metric != "val_loss" and cfg.search.mode != "max":
         problems.append(f"search.mode: 'min' is wrong for metric {cfg.search.metric}; use max")
     return problems
+
+
+def _vote_problems(cfg: SpaceConfig, students: list[str]) -> list[str]:
+    from kdsearch.models import get_spec
+
+    space = cfg.search.space.get("backbone")
+    names = space.values if isinstance(space, Choice) else [cfg.student.backbone]
+    frame_level = [n for n in students if get_spec(n).frame_level]
+    bad = [str(n) for n in names if n in students and not get_spec(str(n)).frame_level]
+    if bad:
+        return [f"search.metric: val_vote_acc needs frame-level students, but "
+                f"{', '.join(bad)} score whole clips (frame-level: {', '.join(frame_level)})"]
+    return []
 
 
 def _absolute(value: str, cwd: Path) -> str:
@@ -127,39 +143,59 @@ def resolve_paths(cfg: SpaceConfig, cwd: Path) -> SpaceConfig:
 
 
 def _split_problems(cfg: SpaceConfig) -> list[str]:
-    """Both splits must hold videos of the same classes; listing folders is cheap."""
-    from kdsearch.data import scan_video_folder
+    """The declared layout must match the folders and list files; listing them is cheap (the
+    videos themselves are probed later, and unusable ones are skipped, not fatal)."""
+    from kdsearch.data.layouts import LayoutError, list_split
 
+    data = cfg.data
+    root = Path(data.root)
+    fmt = "video_folder" if data.format == "synthetic" else data.format
     try:
-        names, _ = scan_video_folder(Path(cfg.data.root), cfg.data.train_split, cfg.data.classes)
-        scan_video_folder(Path(cfg.data.root), cfg.data.val_split, names)
-    except ValueError as err:
-        return [f"data.root: {err}"]
+        train = list_split(root, fmt, data.train_split, data.classes)
+    except LayoutError as err:
+        return [f"data.train_split: {err}"]
+    if data.val_split is None:
+        return []
+    try:
+        list_split(root, fmt, data.val_split, train.classes)
+    except LayoutError as err:
+        return [f"data.val_split: {err}"]
     return []
 
 
 def _path_problems(cfg: SpaceConfig) -> list[str]:
-    from kdsearch.models import get_spec, weights_path
-
     problems = []
     if cfg.data.format != "synthetic" and not Path(cfg.data.root).is_dir():
         problems.append(f"data.root: {cfg.data.root!r} is not a directory")
-    elif cfg.data.format == "video_folder":
+    elif cfg.data.format != "synthetic":  # the synthetic set is generated later
         problems.extend(_split_problems(cfg))
-    for section, model, weights in (("teacher", cfg.teacher.model, cfg.teacher.weights),
-                                    ("student", cfg.student.backbone, cfg.student.weights)):
+    space = cfg.search.space.get("backbone")
+    backbones = space.values if isinstance(space, Choice) else [cfg.student.backbone]
+    candidates = [("teacher", cfg.teacher.model, cfg.teacher.weights)]
+    candidates += [("student", str(name), cfg.student.weights) for name in backbones]
+    for section, model, weights in candidates:
         if weights == "none":
             continue
         if weights not in PRETRAINED:
             if not Path(weights).is_file():
                 problems.append(f"{section}.weights: {weights!r} is not a file")
             continue
-        spec = get_spec(model)
-        if spec.pretrained != weights:
-            problems.append(f"{section}.weights: {weights!r} is not available for {model} "
-                            f"(available: none{', ' + spec.pretrained if spec.pretrained else ''})")
-        elif not weights_path(spec).is_file():
-            problems.append(f"{section}.weights: {weights!r} needs {weights_path(spec)}; "
-                            f"download {spec.weights_url} and place it there (no network "
-                            "access at run time)")
-    return problems
+        problems.extend(_pretrained_problems(section, model, weights))
+    return sorted(set(problems), key=problems.index)
+
+
+def _pretrained_problems(section: str, model: str, weights: str) -> list[str]:
+    from kdsearch.models import get_spec, weights_path
+
+    spec = get_spec(model)
+    if weights == "pretrained" and spec.pretrained is None:
+        return [f"{section}.weights: 'pretrained' but {model} has no pretrained weights; "
+                "use none"]
+    if weights != "pretrained" and spec.pretrained != weights:
+        return [f"{section}.weights: {weights!r} is not available for {model} "
+                f"(available: none{', ' + spec.pretrained if spec.pretrained else ''})"]
+    if not weights_path(spec).is_file():
+        return [f"{section}.weights: {model} needs its {spec.pretrained} weights in "
+                f"{weights_path(spec)}; download {spec.weights_url} and place it there (no "
+                "network access at run time)"]
+    return []

@@ -12,14 +12,14 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from kdsearch.config import ConfigError, SpaceConfig
-from kdsearch.data import VideoRecord
-from kdsearch.datasets import make_loaders
+from kdsearch.datasets import DatasetSplits, make_loaders
 from kdsearch.engine import build_model, evaluate, make_optimizer, pick_device, train_one_epoch
 from kdsearch.models import WeightsError, get_head
 
@@ -30,26 +30,23 @@ META_FILE = "meta.json"
 @dataclasses.dataclass(frozen=True)
 class TeacherResult:
     path: Path
-    metrics: dict[str, float]
+    metrics: dict[str, Any]
     reused: bool
     key: str
     seconds: float
 
 
-def teacher_key(cfg: SpaceConfig, classes: Sequence[str], train: Sequence[VideoRecord],
-                val: Sequence[VideoRecord]) -> str:
-    files = [(str(r.path), r.label, r.path.stat().st_size, r.path.stat().st_mtime_ns)
-             for r in (*train, *val)]
+def teacher_key(cfg: SpaceConfig, data: DatasetSplits) -> str:
     payload = {"teacher": cfg.teacher.model_dump(), "clip": cfg.student.clip.model_dump(),
-               "classes": list(classes), "files": files, "seed": cfg.search.seed,
-               "val_clips": cfg.student.val_clips_per_video}
+               "classes": list(data.classes), "data": data.fingerprint,
+               "seed": cfg.search.seed, "val_clips": cfg.student.val_clips_per_video}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def prepare_teacher(cfg: SpaceConfig, classes: Sequence[str], train: list[VideoRecord],
-                    val: list[VideoRecord], log: Callable[[str], None] = print) -> TeacherResult:
+def prepare_teacher(cfg: SpaceConfig, data: DatasetSplits, log: Callable[[str], None] = print
+                    ) -> TeacherResult:
     """Reuse the saved teacher for these settings and data, or fine-tune and save one."""
-    key = teacher_key(cfg, classes, train, val)
+    key = teacher_key(cfg, data)
     folder = Path(cfg.storage) / "teachers" / key
     if (folder / META_FILE).is_file() and (folder / TEACHER_FILE).is_file():
         meta = json.loads((folder / META_FILE).read_text())
@@ -57,28 +54,28 @@ def prepare_teacher(cfg: SpaceConfig, classes: Sequence[str], train: list[VideoR
             f"(val_acc {meta['metrics']['val_acc']:.3f})")
         return TeacherResult(folder / TEACHER_FILE, meta["metrics"], True, key, 0.0)
     start = time.monotonic()
-    metrics, state = _finetune(cfg, len(classes), train, val, log)
+    metrics, state = _finetune(cfg, data, log)
     seconds = time.monotonic() - start
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{TEACHER_FILE}.{os.getpid()}.tmp"
-    torch.save({"model": cfg.teacher.model, "classes": list(classes), "state_dict": state}, tmp)
+    torch.save({"model": cfg.teacher.model, "classes": list(data.classes), "state_dict": state},
+               tmp)
     os.replace(tmp, folder / TEACHER_FILE)  # atomic: a half-written teacher is never reused
     meta = {"model": cfg.teacher.model, "metrics": metrics, "seconds": seconds,
-            "teacher": cfg.teacher.model_dump(), "classes": list(classes)}
+            "teacher": cfg.teacher.model_dump(), "classes": list(data.classes)}
     (folder / f".{META_FILE}.tmp").write_text(json.dumps(meta, indent=2))
     os.replace(folder / f".{META_FILE}.tmp", folder / META_FILE)
     return TeacherResult(folder / TEACHER_FILE, metrics, False, key, seconds)
 
 
-def _finetune(cfg: SpaceConfig, num_classes: int, train: list[VideoRecord],
-              val: list[VideoRecord], log: Callable[[str], None]
-              ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+def _finetune(cfg: SpaceConfig, data: DatasetSplits, log: Callable[[str], None]
+              ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     t = cfg.teacher
     torch.manual_seed(cfg.search.seed)
     torch.set_num_threads(cfg.resources.teacher_cpus)
     device = pick_device(cfg.resources.gpus_per_trial)
     try:
-        model = build_model(t.model, num_classes, t.weights, "teacher").to(device)
+        model = build_model(t.model, len(data.classes), t.weights, "teacher").to(device)
     except WeightsError as err:  # a file that exists but does not fit: the user's input
         raise ConfigError([f"teacher.weights: {err}"]) from None
     if t.finetune == "head":
@@ -88,17 +85,17 @@ def _finetune(cfg: SpaceConfig, num_classes: int, train: list[VideoRecord],
     optimizer = make_optimizer(params, "adamw", t.lr, t.weight_decay, 0.9)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(t.epochs, 1))
     train_loader, val_loader = make_loaders(
-        train, val, cfg.student.clip, t.batch_size, seed=cfg.search.seed,
+        data.train, data.val, cfg.student.clip, t.batch_size, seed=cfg.search.seed,
         val_clips_per_video=cfg.student.val_clips_per_video, num_workers=cfg.data.num_workers)
-    metrics: dict[str, float] = {}
+    metrics: dict[str, Any] = {}
     for epoch in range(1, t.epochs + 1):
         start = time.monotonic()
         metrics = train_one_epoch(model, train_loader, optimizer, device)
         schedule.step()
-        metrics.update(evaluate(model, val_loader, device, num_classes))
+        metrics.update(evaluate(model, val_loader, device, data.classes))
         log(f"teacher {t.model} epoch {epoch}/{t.epochs}: train_loss "
             f"{metrics['train_loss']:.3f} val_acc {metrics['val_acc']:.3f} "
             f"({time.monotonic() - start:.0f}s)")
     if not metrics:
-        metrics = evaluate(model, val_loader, device, num_classes)
+        metrics = evaluate(model, val_loader, device, data.classes)
     return metrics, {k: v.cpu() for k, v in model.state_dict().items()}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +18,13 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from kdsearch.config import SpaceConfig
+from kdsearch.datasets import DatasetSplits
 from kdsearch.trial import TrialSettings
 
 STATUS = "kdsearch.status"
 ROLE = "kdsearch.role"
 PARENT = "mlflow.parentRunId"
-METRICS = ("val_acc", "val_video_acc", "val_loss", "train_loss", "train_ce", "train_kd",
-           "train_acc", "lr")
+CONFUSION = "val_confusion"
 
 
 def fixed_params(cfg: SpaceConfig, classes: tuple[str, ...]) -> dict[str, Any]:
@@ -50,6 +50,46 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, Any],
              if isinstance(v, int | float) and math.isfinite(float(v))]
     if batch:
         client.log_batch(run_id, metrics=batch)
+
+
+def _is_metric(key: str) -> bool:
+    return key.startswith(("val_", "train_")) or key == "lr"
+
+
+def log_evaluation(client: MlflowClient, run_id: str, metrics: Mapping[str, Any],
+                   classes: Sequence[str], step: int = 0) -> None:
+    """Scalar metrics, and the confusion matrix as numbers and as an image."""
+    log_metrics(client, run_id, {k: v for k, v in metrics.items() if _is_metric(k)}, step)
+    confusion = metrics.get(CONFUSION)
+    if confusion is not None:
+        log_confusion(client, run_id, confusion, classes)
+
+
+def log_confusion(client: MlflowClient, run_id: str, confusion: Sequence[Sequence[int]],
+                  classes: Sequence[str]) -> None:
+    from matplotlib import pyplot as plt
+
+    from kdsearch.metrics import confusion_figure
+
+    client.log_dict(run_id, {"classes": list(classes), "rows": "true class",
+                             "columns": "predicted class",
+                             "matrix": [list(map(int, row)) for row in confusion]},
+                    "confusion_matrix.json")
+    figure = confusion_figure(confusion, classes, title="validation, per video")
+    try:
+        client.log_figure(run_id, figure, "confusion_matrix.png")
+    finally:
+        plt.close(figure)
+
+
+def log_data(client: MlflowClient, run_id: str, data: DatasetSplits) -> None:
+    """What the search trained on, and every video it left out or used with care."""
+    skipped = sum(issue.action == "skipped" for issue in data.issues)
+    log_metrics(client, run_id, {"data_train_videos": len(data.train),
+                                 "data_val_videos": len(data.val), "data_skipped": skipped})
+    client.set_tag(run_id, "kdsearch.data_fingerprint", data.fingerprint)
+    if data.issues:
+        client.log_table(run_id, data=data.issue_table(), artifact_file="data_issues.json")
 
 
 def start_child(client: MlflowClient, experiment_id: str, parent_id: str, name: str,
@@ -85,7 +125,7 @@ class MLflowTrials(Callback):
                         **info: Any) -> None:
         run_id = self.runs.get(trial.trial_id)
         if run_id is not None:
-            metrics = {k: result[k] for k in METRICS if k in result}
+            metrics = {k: v for k, v in result.items() if _is_metric(k)}
             log_metrics(self.client, run_id, metrics, step=int(result.get("epoch", 0)))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -114,6 +154,8 @@ class MLflowTrials(Callback):
         self.client.set_tag(run_id, "kdsearch.epochs_run", str(last.get("epoch", 0)))
         if error:
             self.client.set_tag(run_id, "kdsearch.error", error[:5000])
+        if last.get(CONFUSION) is not None:  # the last epoch's, like the reported metric
+            log_confusion(self.client, run_id, last[CONFUSION], self.classes)
         self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
 
 

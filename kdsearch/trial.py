@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from kdsearch.config import SEARCHABLE, SpaceConfig, Student
-from kdsearch.datasets import load_splits, make_loaders
+from kdsearch.data.video import VideoRecord
+from kdsearch.datasets import make_loaders
 from kdsearch.engine import (
     Normalized,
     build_model,
@@ -53,6 +54,8 @@ class TrialContext:
     cfg: SpaceConfig
     classes: tuple[str, ...]
     teacher_path: str
+    train: tuple[VideoRecord, ...]  # the usable videos, indexed once by the driver
+    val: tuple[VideoRecord, ...]
 
 
 def load_teacher(path: str | Path, device: torch.device) -> Normalized:
@@ -69,9 +72,8 @@ def fit(ctx: TrialContext, sampled: Mapping[str, Any], report: Report,
     settings = TrialSettings.resolve(cfg.student, sampled)
     torch.manual_seed(cfg.search.seed)
     device = pick_device(cfg.resources.gpus_per_trial)
-    _, train, val = load_splits(cfg.data, ctx.classes)
     train_loader, val_loader = make_loaders(
-        train, val, cfg.student.clip, settings.batch_size, seed=cfg.search.seed,
+        ctx.train, ctx.val, cfg.student.clip, settings.batch_size, seed=cfg.search.seed,
         val_clips_per_video=cfg.student.val_clips_per_video, num_workers=cfg.data.num_workers)
     num_classes = len(ctx.classes)
     student = build_model(settings.backbone, num_classes, cfg.student.weights, "student")
@@ -92,7 +94,7 @@ def fit(ctx: TrialContext, sampled: Mapping[str, Any], report: Report,
         lr = optimizer.param_groups[0]["lr"]
         metrics = train_one_epoch(student, train_loader, optimizer, device, teacher,
                                   settings.alpha, settings.temperature)
-        metrics.update(evaluate(student, val_loader, device, num_classes))
+        metrics.update(evaluate(student, val_loader, device, ctx.classes))
         schedule.step()
         metrics.update({"epoch": epoch, "lr": lr})
         with tempfile.TemporaryDirectory(prefix="kdsearch-ckpt-") as tmp:

@@ -74,7 +74,6 @@ def test_demo_is_valid_and_paths_become_absolute(tmp_path: Path) -> None:
     ({"teacher.model": "resnet9000"}, "teacher.model: 'resnet9000' is not a registered teacher"),
     ({"teacher": None}, "teacher: missing (required)"),
     ({"data.format": "hdf5"}, "data.format: 'hdf5' input should be"),
-    ({"data.format": "frame_folder"}, "data.format: 'frame_folder' is not supported yet"),
     ({"data.synthetic.size": 33}, "data.synthetic.size: 33 must be even"),
     ({"experiment.name": "a b"}, "experiment.name: 'a b' string should match pattern"),
     ({"resources.gpus_per_trial": -1}, "resources.gpus_per_trial: -1 input should be greater"),
@@ -99,7 +98,8 @@ def test_video_folder_splits_are_checked(tmp_path: Path) -> None:
     (tmp_path / "videos" / "train" / "kick" / "a.mp4").write_bytes(b"")
     path = write_space(tmp_path, **{"data.format": "video_folder", "data.root": "videos"})
     (line,) = problems(path)
-    assert line.startswith(f"data.root: split folder {tmp_path / 'videos' / 'val'} does not exist")
+    assert line.startswith(f"data.val_split: split folder {tmp_path / 'videos' / 'val'} does "
+                           "not exist")
 
 
 def test_missing_kinetics_weights_name_the_file(tmp_path: Path,
@@ -107,8 +107,54 @@ def test_missing_kinetics_weights_name_the_file(tmp_path: Path,
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
     path = write_space(tmp_path, **{"teacher.model": "r3d_18", "teacher.weights": "kinetics400"})
     (line,) = problems(path)
-    assert line.startswith("teacher.weights: 'kinetics400' needs ")
+    assert line.startswith("teacher.weights: r3d_18 needs its kinetics400 weights in ")
     assert str(tmp_path / "hub") in line and "download https://" in line
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"data.format": "annotation_list", "data.root": "d", "data.train_split": "null"},
+     "data.train_split: must name the training list file for format annotation_list"),
+    ({"data.format": "frame_folder", "data.root": "d", "data.train_split": "null"},
+     "data.val_split: must be null when train_split is null"),
+    ({"data.format": "frame_folder", "data.root": "d", "data.classes": ["a", "a"]},
+     "data.classes: ['a', 'a'] repeats a; class names must be unique"),
+    ({"data.val_fraction": 1.0}, "data.val_fraction: 1.0 input should be less than 1"),
+    ({"data.short_videos": "loop"}, "data.short_videos: 'loop' input should be 'pad' or 'skip'"),
+    ({"data.format": "frames"}, "data.format: 'frames' input should be"),
+])
+def test_bad_data_sections(tmp_path: Path, changes: dict, expected: str) -> None:
+    (tmp_path / "d").mkdir()
+    nulls = tuple(f"{k}=null" for k, v in changes.items() if v == "null")  # None deletes
+    found = problems(write_space(tmp_path, **changes), nulls)
+    assert any(p.startswith(expected) for p in found), found
+
+
+def test_annotation_list_problems_name_the_line(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "train.txt").write_text("a.mp4 kick\nb.mp4\n")
+    path = write_space(tmp_path, **{"data.format": "annotation_list", "data.root": "d",
+                                    "data.train_split": "train.txt", "data.val_split": None})
+    assert problems(path) == [f"data.train_split: {tmp_path / 'd' / 'train.txt'}:2: expected "
+                              "'path label', got 'b.mp4'"]
+
+
+def test_vote_metric_needs_frame_level_students(tmp_path: Path) -> None:
+    path = write_space(tmp_path, **{"search.metric": "val_vote_acc"})
+    (line,) = problems(path)
+    assert line.startswith("search.metric: val_vote_acc needs frame-level students, but tiny3d")
+    assert "(frame-level: resnet18_tsn)" in line
+
+
+def test_every_searched_backbone_needs_its_pretrained_weights(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    path = write_space(tmp_path, **{"student.weights": "pretrained", "search.space.backbone": {
+        "type": "choice", "values": ["tiny3d", "x3d_xs", "resnet18_tsn"]}})
+    found = problems(path)
+    assert found[0] == ("student.weights: 'pretrained' but tiny3d has no pretrained weights; "
+                        "use none")
+    assert found[1].startswith("student.weights: x3d_xs needs its kinetics400 weights in ")
+    assert found[2].startswith("student.weights: resnet18_tsn needs its imagenet weights in ")
 
 
 def test_pretrained_kind_must_exist_for_the_model(tmp_path: Path) -> None:

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import torch
 
-from kdsearch.datasets import load_splits, prepare_data
+from kdsearch.datasets import DatasetSplits, load_dataset, prepare_data
 from kdsearch.engine import NonFiniteLossError
+from kdsearch.config import SpaceConfig
 from kdsearch.spacefile import load_space
 from kdsearch.teacher import prepare_teacher
 from kdsearch.testing import write_tiny_space
@@ -20,10 +21,14 @@ from kdsearch.trial import CHECKPOINT_FILE, TrialContext, TrialSettings, fit
 def context(tmp_path_factory: pytest.TempPathFactory) -> TrialContext:
     folder = tmp_path_factory.mktemp("trial")
     cfg = load_space(write_tiny_space(folder), cwd=folder)
+    data = dataset(cfg)
+    teacher = prepare_teacher(cfg, data, log=lambda _: None)
+    return TrialContext(cfg, data.classes, str(teacher.path), data.train, data.val)
+
+
+def dataset(cfg: SpaceConfig) -> DatasetSplits:
     prepare_data(cfg.data)
-    classes, train, val = load_splits(cfg.data)
-    teacher = prepare_teacher(cfg, classes, train, val, log=lambda _: None)
-    return TrialContext(cfg, tuple(classes), str(teacher.path))
+    return load_dataset(cfg.data, cfg.student.clip, Path(cfg.storage), log=lambda _: None)
 
 
 class Recorder:
@@ -79,12 +84,12 @@ def test_settings_take_sampled_values_over_student_defaults(context: TrialContex
 
 
 def test_teacher_is_reused_for_the_same_settings_and_data(context: TrialContext) -> None:
-    classes, train, val = load_splits(context.cfg.data)
-    again = prepare_teacher(context.cfg, classes, train, val, log=lambda _: None)
+    data = dataset(context.cfg)
+    again = prepare_teacher(context.cfg, data, log=lambda _: None)
     assert again.reused and str(again.path) == context.teacher_path
     other = context.cfg.model_copy(update={"teacher": context.cfg.teacher.model_copy(
         update={"epochs": 2})})
-    assert prepare_teacher(other, classes, train, val, log=lambda _: None).path != again.path
+    assert prepare_teacher(other, data, log=lambda _: None).path != again.path
 
 
 def test_teacher_weights_that_do_not_fit_are_a_config_error(context: TrialContext,
@@ -95,6 +100,5 @@ def test_teacher_weights_that_do_not_fit_are_a_config_error(context: TrialContex
     torch.save({"conv.weight": torch.zeros(1)}, bad)
     cfg = context.cfg.model_copy(update={"teacher": context.cfg.teacher.model_copy(
         update={"weights": str(bad), "epochs": 3})})
-    classes, train, val = load_splits(cfg.data)
     with pytest.raises(ConfigError, match=r"^teacher.weights: .*does not fit model 'small3d'"):
-        prepare_teacher(cfg, classes, train, val, log=lambda _: None)
+        prepare_teacher(cfg, dataset(cfg), log=lambda _: None)

@@ -53,6 +53,8 @@ class ModelSpec:
     weights_file: str | None
     weights_url: str | None
     description: str
+    # The model scores every frame (``frame_logits``), so videos can also be decided by vote.
+    frame_level: bool = False
 
     def __post_init__(self) -> None:
         if not self.roles or not self.roles <= set(ROLES):

@@ -171,6 +171,7 @@ def _register() -> None:
         weights_url=f"{_TV_URL}/resnet18-f37072fd.pth",
         description="2D ResNet-18 on every frame, logits averaged over time (SoccerKDNet "
         "student), ImageNet-1k acc@1 69.76",
+        frame_level=True,
     )
     register_model(spec, _resnet18_tsn)
 
