@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kdsearch.losses import kd_loss
+from kdsearch.metrics import classification_metrics, metric_key
 from kdsearch.models import create_model, get_spec
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -36,7 +40,11 @@ class Normalized(nn.Module):
 
 
 def build_model(name: str, num_classes: int, weights: str, role: str) -> Normalized:
+    """``weights="pretrained"`` takes the model's own pretrained weights (Kinetics-400 or
+    ImageNet, whichever the registry lists), so one setting fits every searched backbone."""
     spec = get_spec(name)
+    if weights == "pretrained":
+        weights = spec.pretrained or "none"
     model = create_model(name, num_classes, weights=weights, role=role)  # type: ignore[arg-type]
     return Normalized(model, spec.mean, spec.std)
 
@@ -92,25 +100,121 @@ def train_one_epoch(student: nn.Module, loader: Iterable[Batch], optimizer: torc
             "train_kd": sums[2].item(), "train_acc": sums[3].item()}
 
 
+FrameLogits = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _frame_logits_fn(model: nn.Module) -> FrameLogits | None:
+    """Per-frame logits ``[B, T, C]`` of raw clips, for frame-level students; else None.
+
+    A wrapper like ``Normalized`` is looked through, normalising the clips as its forward does.
+    """
+    direct = getattr(model, "frame_logits", None)
+    if callable(direct):
+        return direct
+    inner = getattr(getattr(model, "model", None), "frame_logits", None)
+    mean, std = getattr(model, "mean", None), getattr(model, "std", None)
+    if callable(inner) and isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor):
+        return lambda clips: inner((clips - mean) / std)
+    return None
+
+
+def _batch_rows(model: nn.Module, frame_fn: FrameLogits | None, clips: torch.Tensor,
+                labels: torch.Tensor, num_classes: int) -> np.ndarray:
+    """Per clip: CE loss, logits, and for frame models frame votes and summed frame logits."""
+    if frame_fn is None:
+        logits = model(clips).float()
+        parts = [logits]
+    else:
+        # One pass: FrameResNet's clip logits are exactly the mean of its frame logits.
+        frames = frame_fn(clips).float()
+        logits = frames.mean(1)
+        winners = frames.argmax(2)
+        ones = torch.ones(winners.shape, device=winners.device)
+        votes = torch.zeros_like(logits).scatter_add_(1, winners, ones)
+        parts = [logits, votes, frames.sum(1)]
+    if logits.shape[1] != num_classes:
+        raise ValueError(f"the model gives {logits.shape[1]} logits per clip but there are "
+                         f"{num_classes} classes: they must match")
+    loss = F.cross_entropy(logits, labels, reduction="none")
+    # The batch's only host sync: everything the metrics need crosses in one copy.
+    return torch.cat([loss[:, None], *parts], 1).cpu().numpy().astype(np.float64)
+
+
+def _host_labels(labels: torch.Tensor, num_classes: int) -> np.ndarray:
+    # Checked on the host: an out-of-range label would be an opaque device assert in the CE.
+    host = labels.cpu().numpy()
+    bad = host[(host < 0) | (host >= num_classes)]
+    if bad.size:
+        raise ValueError(f"label {bad[0]} is outside [0, {num_classes}): labels must be class "
+                         "indices")
+    return host
+
+
+def _add_to_videos(videos: dict[int, np.ndarray], video_label: dict[int, int],
+                   video_ids: torch.Tensor, labels: np.ndarray, rows: np.ndarray) -> None:
+    for vid, label, row in zip(video_ids.tolist(), labels.tolist(), rows, strict=True):
+        if video_label.setdefault(vid, label) != label:
+            raise ValueError(f"video {vid} has clips labelled {video_label[vid]} and {label}: "
+                             "all clips of a video must share its label")
+        videos[vid] = videos[vid] + row if vid in videos else row.copy()
+
+
+def _majority_vote(votes: np.ndarray, frame_logits: np.ndarray) -> np.ndarray:
+    # Among the classes with the most frame votes, the larger summed frame logit wins.
+    tied = votes == votes.max(1, keepdims=True)
+    return np.where(tied, frame_logits, -np.inf).argmax(1)
+
+
+def _class_keys(classes: Sequence[str]) -> list[str]:
+    keys = [metric_key(c) for c in classes]
+    counts = Counter(keys)
+    # Two names made safe alike would overwrite each other's metric: the class index tells them
+    # apart.
+    return [k if counts[k] == 1 else f"{k}_{i}" for i, k in enumerate(keys)]
+
+
+def _video_metrics(videos: dict[int, np.ndarray], video_label: dict[int, int],
+                   classes: Sequence[str], with_votes: bool) -> dict[str, Any]:
+    n = len(classes)
+    table = np.stack([videos[v] for v in sorted(videos)])
+    y_true = np.array([video_label[v] for v in sorted(videos)], dtype=np.int64)
+    metrics = classification_metrics(y_true, table[:, :n].argmax(1), n)
+    out: dict[str, Any] = {"val_video_acc": metrics.accuracy}
+    if with_votes:
+        voted = _majority_vote(table[:, n:2 * n], table[:, 2 * n:])
+        out["val_vote_acc"] = float((voted == y_true).mean())
+    out["val_macro_f1"] = metrics.macro_f1
+    for key, acc in zip(_class_keys(classes), metrics.per_class_accuracy, strict=True):
+        if not math.isnan(acc):
+            out[f"val_class_acc.{key}"] = acc
+    out["val_confusion"] = metrics.confusion
+    return out
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable[Batch], device: torch.device,
-             num_classes: int) -> dict[str, float]:
-    """Clip accuracy, video accuracy (mean of clip logits per video) and clip CE loss."""
+             classes: Sequence[str]) -> dict[str, Any]:
+    """Clip and video metrics over ``loader``, whose batches may hold several clips per video.
+
+    A video is predicted by the argmax of its mean clip logits; frame-level students (a
+    ``frame_logits`` method) also get ``val_vote_acc``, a majority vote over all their frames.
+    Video-level macro F1, per-class accuracy and confusion use the mean-logit prediction.
+    """
     model.eval()
-    loss_sum, correct, seen = 0.0, 0, 0
-    video_logits: dict[int, torch.Tensor] = {}
+    num_classes = len(classes)
+    frame_fn = _frame_logits_fn(model)
+    videos: dict[int, np.ndarray] = {}  # per video: summed [logits, frame votes, frame logits]
     video_label: dict[int, int] = {}
+    loss_sum, correct, seen = 0.0, 0, 0
     for clips, labels, video_ids in loader:
-        clips, labels = clips.to(device, non_blocking=True), labels.to(device)
-        logits = model(clips)
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        correct += int((logits.argmax(1) == labels).sum().item())
-        seen += labels.numel()
-        for logit, label, vid in zip(logits.float().cpu(), labels.cpu(), video_ids.tolist(),
-                                     strict=True):
-            video_logits[vid] = video_logits.get(vid, torch.zeros(num_classes)) + logit
-            video_label[vid] = int(label)
-    video_correct = sum(int(video_logits[v].argmax()) == video_label[v] for v in video_logits)
-    seen = max(seen, 1)
+        host_labels = _host_labels(labels, num_classes)
+        rows = _batch_rows(model, frame_fn, clips.to(device, non_blocking=True),
+                           labels.to(device), num_classes)
+        loss_sum += float(rows[:, 0].sum())
+        correct += int((rows[:, 1:num_classes + 1].argmax(1) == host_labels).sum())
+        seen += len(rows)
+        _add_to_videos(videos, video_label, video_ids, host_labels, rows[:, 1:])
+    if seen == 0:
+        raise ValueError("the validation loader yielded no clips: evaluate needs at least one")
     return {"val_acc": correct / seen, "val_loss": loss_sum / seen,
-            "val_video_acc": video_correct / max(len(video_logits), 1)}
+            **_video_metrics(videos, video_label, classes, frame_fn is not None)}

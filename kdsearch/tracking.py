@@ -67,19 +67,15 @@ def log_evaluation(client: MlflowClient, run_id: str, metrics: Mapping[str, Any]
 
 def log_confusion(client: MlflowClient, run_id: str, confusion: Sequence[Sequence[int]],
                   classes: Sequence[str]) -> None:
-    from matplotlib import pyplot as plt
-
     from kdsearch.metrics import confusion_figure
 
     client.log_dict(run_id, {"classes": list(classes), "rows": "true class",
                              "columns": "predicted class",
                              "matrix": [list(map(int, row)) for row in confusion]},
                     "confusion_matrix.json")
+    # A bare Figure (no pyplot): nothing global keeps it alive after this call.
     figure = confusion_figure(confusion, classes, title="validation, per video")
-    try:
-        client.log_figure(run_id, figure, "confusion_matrix.png")
-    finally:
-        plt.close(figure)
+    client.log_figure(run_id, figure, "confusion_matrix.png")
 
 
 def log_data(client: MlflowClient, run_id: str, data: DatasetSplits) -> None:
