@@ -1,4 +1,7 @@
-"""Tests for kdsearch.data: the synthetic set, folder scanning, clip decoding, the clip dataset."""
+"""Tests for kdsearch.data: the synthetic set, folder scanning, clip decoding, the clip dataset.
+
+Seeking, probing, frame folders and broken media are in test_decode.py.
+"""
 
 from __future__ import annotations
 
@@ -15,16 +18,17 @@ from torch.utils.data import DataLoader
 
 from kdsearch.data import (
     SYNTHETIC_CLASSES,
+    DecodeError,
     VideoClipDataset,
     VideoRecord,
-    count_frames,
+    clip_indices,
     generate_synthetic,
-    read_clip,
-    scan_video_folder,
+    read_video_frames,
     write_video,
 )
+from kdsearch.data import probe as probe_module
 from kdsearch.data import synthetic as synthetic_module
-from kdsearch.data import video as video_module
+from kdsearch.data.layouts import list_split
 
 SMALL = {"train_per_class": 2, "val_per_class": 1, "num_frames": 12, "size": 32}
 # Decoded grey levels may be off by a little: RGB -> limited-range YUV -> RGB rounds.
@@ -197,42 +201,43 @@ def test_classes_differ_in_motion_but_not_in_single_frames(synthetic_root: Path)
     assert stats["kick"]["motion"].mean() < stats["walk"]["motion"].mean()
 
 
-# --- read_clip and count_frames ------------------------------------------------------------
+# --- read_video_frames on the synthetic writer's videos (more in test_decode.py) --------------
 
-def test_read_clip_takes_strided_frames_and_pads_with_the_last(tmp_path: Path) -> None:
+def test_read_takes_strided_frames_and_pads_with_the_last(tmp_path: Path) -> None:
     path = _write_ramp(tmp_path / "ramp.mp4", 10)
-    clip = read_clip(path, start=1, num_frames=6, stride=2)
+    clip = read_video_frames(path, clip_indices(10, start=1, num_frames=6, stride=2))
     assert clip.dtype == np.uint8 and clip.shape == (6, 32, 32, 3)
     np.testing.assert_allclose(_levels(clip), [8, 24, 40, 56, 72, 72], atol=CODEC_TOLERANCE)
 
 
-def test_read_clip_past_the_end_repeats_the_last_frame(tmp_path: Path) -> None:
+def test_read_past_the_end_repeats_the_last_frame(tmp_path: Path) -> None:
     path = _write_ramp(tmp_path / "ramp.mp4", 10)
-    np.testing.assert_allclose(_levels(read_clip(path, 20, 3, 1)), [72] * 3,
+    np.testing.assert_allclose(_levels(read_video_frames(path, [8, 20, 21])), [64, 72, 72],
                                atol=CODEC_TOLERANCE)
+    with pytest.raises(DecodeError, match=r"ramp\.mp4: none of frames 20\.\.22 decodes "
+                                          r"\(the video ends at frame 9\)"):
+        read_video_frames(path, [20, 21, 22])
 
 
-def test_read_clip_reads_the_mpeg4_fallback(tmp_path: Path) -> None:
+def test_read_the_mpeg4_fallback(tmp_path: Path) -> None:
     path = _write_ramp(tmp_path / "ramp.avi", 10, codec="mpeg4")
-    np.testing.assert_allclose(_levels(read_clip(path, 0, 4, 3)), [0, 24, 48, 72],
+    np.testing.assert_allclose(_levels(read_video_frames(path, [0, 3, 6, 9])), [0, 24, 48, 72],
                                atol=CODEC_TOLERANCE)
 
 
 @pytest.mark.parametrize(("start", "num_frames", "stride"), [(-1, 4, 1), (0, 0, 1), (0, 4, 0)])
-def test_read_clip_rejects_bad_arguments(tmp_path: Path, start: int, num_frames: int,
-                                         stride: int) -> None:
-    path = _write_ramp(tmp_path / "ramp.mp4", 4)
-    with pytest.raises(ValueError, match="clip start="):
-        read_clip(path, start, num_frames, stride)
+def test_clip_indices_rejects_bad_arguments(start: int, num_frames: int, stride: int) -> None:
+    with pytest.raises(ValueError, match="clip of video_frames="):
+        clip_indices(10, start, num_frames, stride)
 
 
-def test_count_frames_from_the_container_and_by_decoding(tmp_path: Path) -> None:
+def test_probe_counts_frames_from_the_container_and_from_the_duration(tmp_path: Path) -> None:
     mp4 = _write_ramp(tmp_path / "ramp.mp4", 10)
     mkv = _write_ramp(tmp_path / "ramp.mkv", 7)
     with av.open(str(mkv)) as container:
-        assert container.streams.video[0].frames == 0  # Matroska stores no count: decode path
-    assert count_frames(mp4) == 10
-    assert count_frames(mkv) == 7
+        assert container.streams.video[0].frames == 0  # Matroska stores no count: duration
+    assert probe_module.probe_video(mp4).num_frames == 10
+    assert probe_module.probe_video(mkv).num_frames == 7
 
 
 # --- scan_video_folder ---------------------------------------------------------------------
@@ -242,49 +247,6 @@ def _touch(path: Path) -> Path:
     path.touch()
     return path
 
-
-def test_scan_sorts_classes_and_videos(tmp_path: Path) -> None:
-    for name in ("b/2.mp4", "b/1.MKV", "a/z.avi", "a/notes.txt", "a/._z.avi"):
-        _touch(tmp_path / "train" / name)
-    (tmp_path / "train" / ".cache").mkdir()
-    names, records = scan_video_folder(tmp_path, "train")
-    assert names == ["a", "b"]
-    assert [(r.path.relative_to(tmp_path / "train").as_posix(), r.label) for r in records] == [
-        ("a/z.avi", 0), ("b/1.MKV", 1), ("b/2.mp4", 1)]
-
-
-def test_scan_with_declared_classes_uses_their_order(tmp_path: Path) -> None:
-    for name in ("a/1.mp4", "b/1.mp4", "c/1.mp4"):
-        _touch(tmp_path / "val" / name)
-    names, records = scan_video_folder(tmp_path, "val", ["c", "a"])
-    assert names == ["c", "a"]
-    assert [(r.path.parent.name, r.label) for r in records] == [("a", 1), ("c", 0)]
-
-
-def test_scan_rejects_a_missing_split(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"split folder .*train does not exist"):
-        scan_video_folder(tmp_path, "train")
-
-
-def test_scan_rejects_a_split_without_videos(tmp_path: Path) -> None:
-    _touch(tmp_path / "train" / "a" / "readme.txt")
-    with pytest.raises(ValueError, match=r"split folder .*train holds no videos"):
-        scan_video_folder(tmp_path, "train")
-
-
-def test_scan_rejects_a_missing_declared_class(tmp_path: Path) -> None:
-    _touch(tmp_path / "train" / "a" / "1.mp4")
-    with pytest.raises(ValueError, match=r"class folder .*train/b does not exist"):
-        scan_video_folder(tmp_path, "train", ["a", "b"])
-
-
-def test_scan_rejects_repeated_declared_classes(tmp_path: Path) -> None:
-    _touch(tmp_path / "train" / "a" / "1.mp4")
-    with pytest.raises(ValueError, match="repeats a"):
-        scan_video_folder(tmp_path, "train", ["a", "a"])
-
-
-# --- VideoClipDataset ----------------------------------------------------------------------
 
 @pytest.fixture()
 def ramps(tmp_path: Path) -> list[VideoRecord]:
@@ -324,8 +286,13 @@ def test_dataset_pads_short_videos(ramps: list[VideoRecord]) -> None:
                                atol=CODEC_TOLERANCE)
 
 
+def _records(root: Path, split: str) -> list[VideoRecord]:
+    listing = list_split(root, "video_folder", split)
+    return [VideoRecord(root / e.path, e.label) for e in listing.entries]
+
+
 def test_dataset_training_is_random_but_seedable(synthetic_root: Path) -> None:
-    _, records = scan_video_folder(synthetic_root, "train")
+    records = _records(synthetic_root, "train")
     dataset = VideoClipDataset(records[:2], num_frames=8, stride=2, crop_size=48, train=True)
     assert len(dataset) == 2
     torch.manual_seed(0)
@@ -338,7 +305,7 @@ def test_dataset_training_is_random_but_seedable(synthetic_root: Path) -> None:
 
 
 def test_dataset_evaluation_is_deterministic(synthetic_root: Path) -> None:
-    _, records = scan_video_folder(synthetic_root, "val")
+    records = _records(synthetic_root, "val")
     dataset = VideoClipDataset(records, num_frames=8, stride=2, crop_size=56, train=False,
                                clips_per_video=2)
     assert len(dataset) == 2 * len(records)
@@ -351,12 +318,13 @@ def test_dataset_evaluation_is_deterministic(synthetic_root: Path) -> None:
 def test_dataset_counts_frames_once_and_survives_pickling(
         ramps: list[VideoRecord], monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[Path] = []
+    probe_video = probe_module.probe_video
 
-    def counting(path: Path) -> int:
+    def counting(path: Path) -> probe_module.MediaInfo:
         calls.append(path)
-        return count_frames(path)
+        return probe_video(path)
 
-    monkeypatch.setattr(video_module, "count_frames", counting)
+    monkeypatch.setattr(probe_module, "probe_video", counting)
     dataset = VideoClipDataset(ramps, num_frames=4, stride=2, crop_size=28, train=False)
     clip = dataset[0][0]
     assert torch.equal(dataset[0][0], clip)

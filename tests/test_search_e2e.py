@@ -136,3 +136,82 @@ def test_ctrl_c_keeps_finished_work_and_leaves_no_run_open(tmp_path: Path) -> No
     # an interrupted trial keeps the epochs it ran
     assert any(r.data.tags["kdsearch.status"] == "interrupted" and "val_acc" in r.data.metrics
                for r in trials)
+
+
+def _trial_runs(client: MlflowClient, experiment_id: str) -> list:
+    return client.search_runs([experiment_id], filter_string="tags.`kdsearch.role` = 'trial'")
+
+
+def test_search_over_frame_folders_with_broken_videos(ray_local: None, tmp_path: Path) -> None:
+    from kdsearch.data.testmedia import write_frame_folder
+    from kdsearch.search import run_search
+    from kdsearch.spacefile import load_space
+
+    root = tmp_path / "images"
+    for split, n in (("train", 4), ("val", 2)):
+        for name in ("kick", "run"):
+            for i in range(n):
+                write_frame_folder(root / split / name / f"{name}{i}", num_frames=10)
+    (root / "train" / "kick" / "no_frames").mkdir()
+    write_frame_folder(root / "train" / "run" / "one_frame", num_frames=1)
+    data = {"format": "frame_folder", "root": "images", "classes": ["kick", "run"],
+            "frame_rate": 10}
+    student = {**TINY_SPACE["student"], "backbone": "resnet18_tsn"}
+    search = {**TINY_SPACE["search"], "num_samples": 2, "metric": "val_vote_acc",
+              "space": {"alpha": {"type": "uniform", "low": 0.1, "high": 0.9}}}
+    path = write_tiny_space(tmp_path, data=data, student=student, search=search)
+    cfg = load_space(path, cwd=tmp_path)
+    said: list[str] = []
+    outcome = run_search(cfg, path, say=said.append)
+    assert outcome.best is not None
+    assert "data: 2 classes, 8 training and 4 validation videos usable" in said
+    assert "data: 2 videos skipped: 1 no_frames, 1 single_frame" in said
+
+    client = MlflowClient(cfg.tracking_uri)
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.data.metrics["data_skipped"] == 2
+    table = client.load_table(outcome.experiment_id, "data_issues.json",
+                              run_ids=[outcome.parent_run_id])
+    assert sorted(table["path"]) == ["train/kick/no_frames", "train/run/one_frame"]
+    assert set(table["action"]) == {"skipped"}
+    for run in _trial_runs(client, outcome.experiment_id):
+        metrics = run.data.metrics
+        assert {"val_vote_acc", "val_macro_f1", "val_class_acc.kick",
+                "val_class_acc.run"} <= set(metrics)
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"confusion_matrix.json", "confusion_matrix.png"} <= artifacts
+        matrix = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/confusion_matrix.json")
+        assert matrix["classes"] == ["kick", "run"]
+        assert sum(map(sum, matrix["matrix"])) == 4  # one prediction per validation video
+
+
+def test_search_over_an_annotation_list(ray_local: None, tmp_path: Path) -> None:
+    from kdsearch.data.testmedia import write_broken, write_test_video
+    from kdsearch.search import run_search
+    from kdsearch.spacefile import load_space
+
+    root = tmp_path / "clips"
+    lines = ["path,label"]
+    for name in ("kick", "run"):
+        for i in range(5):
+            ext = (".mp4", ".mkv", ".webm", ".avi", ".mov")[i]
+            write_test_video(root / f"{name}{i}{ext}", num_frames=12)
+            lines.append(f"{name}{i}{ext},{name}")
+    write_broken(root / "cut.mp4", "truncated")
+    lines += ["cut.mp4,kick", "gone.mp4,run"]
+    (root / "all.csv").write_text("\n".join(lines) + "\n")
+    data = {"format": "annotation_list", "root": "clips", "train_split": "all.csv",
+            "val_split": None, "val_fraction": 0.4, "split_seed": 1}
+    search = {**TINY_SPACE["search"], "num_samples": 1, "space": {}}
+    path = write_tiny_space(tmp_path, data=data, search=search)
+    cfg = load_space(path, cwd=tmp_path)
+    said: list[str] = []
+    outcome = run_search(cfg, path, say=said.append)
+    assert outcome.best is not None
+    usable = next(line for line in said if line.startswith("data: 2 classes"))
+    train, val = [int(s) for s in usable.split() if s.isdigit()][1:3]
+    assert val == 4 and train in (6, 7)  # cut.mp4 is used when its start still decodes
+    assert any("gone.mp4: no such file" in line for line in said)
+    assert (root / ".kdsearch" / "all.csv.parquet").is_file()
+    (run,) = _trial_runs(MlflowClient(cfg.tracking_uri), outcome.experiment_id)
+    assert run.data.tags["kdsearch.status"] == "completed"

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import torch
 
+from kdsearch.config import SpaceConfig
 from kdsearch.datasets import DatasetSplits, load_dataset, prepare_data
 from kdsearch.engine import NonFiniteLossError
-from kdsearch.config import SpaceConfig
 from kdsearch.spacefile import load_space
 from kdsearch.teacher import prepare_teacher
 from kdsearch.testing import write_tiny_space

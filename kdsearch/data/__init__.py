@@ -1,23 +1,32 @@
-"""Video data: the synthetic action set, video folders, clip decoding and the clip dataset."""
+"""Video data: the synthetic action set, video folders, clip decoding, media probes and the clip
+dataset."""
 
+from kdsearch.data.frames import FRAME_EXTENSIONS, list_frames, read_frame_files
+from kdsearch.data.probe import MediaInfo, probe_frames, probe_video
 from kdsearch.data.synthetic import SYNTHETIC_CLASSES, generate_synthetic, write_video
 from kdsearch.data.video import (
     VIDEO_EXTENSIONS,
+    DecodeError,
     VideoClipDataset,
     VideoRecord,
-    count_frames,
-    read_clip,
-    scan_video_folder,
+    clip_indices,
+    read_video_frames,
 )
 
 __all__ = [
+    "FRAME_EXTENSIONS",
     "SYNTHETIC_CLASSES",
     "VIDEO_EXTENSIONS",
+    "DecodeError",
+    "MediaInfo",
     "VideoClipDataset",
     "VideoRecord",
-    "count_frames",
+    "clip_indices",
     "generate_synthetic",
-    "read_clip",
-    "scan_video_folder",
+    "list_frames",
+    "probe_frames",
+    "probe_video",
+    "read_frame_files",
+    "read_video_frames",
     "write_video",
 ]

@@ -1,22 +1,28 @@
-"""Video folders on disk, clip decoding with PyAV, and a clip dataset for training and evaluation.
+"""Video folders on disk, seeking clip decoding with PyAV, and a clip dataset for training and
+evaluation.
 
 A video folder is laid out as ``<root>/<split>/<class>/<video>.<ext>``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
+from typing import Literal
 
 import av
 import numpy as np
 import torch
-import torch.nn.functional as F
+from av.container import InputContainer
 from av.video.reformatter import VideoReformatter
 from torch.utils.data import Dataset
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
+
+# What PyAV raises on broken media: its own FFmpegError mostly, but not only.
+MEDIA_ERRORS = (av.FFmpegError, OSError, ValueError, RuntimeError)
 
 # Training resizes the short side to crop_size * 8/7 before a random crop (as 256 -> 224).
 _RESIZE_RATIO = 8 / 7
@@ -24,108 +30,253 @@ _RESIZE_RATIO = 8 / 7
 
 @dataclass(frozen=True)
 class VideoRecord:
-    path: Path
+    """One video of a data set, as an index lists it."""
+
+    path: Path  # a video file, or a folder of frames when kind == "frames"
     label: int
+    num_frames: int = 0  # decodable frames, from the index; 0 = unknown: probed on first use
+    kind: Literal["video", "frames"] = "video"
+    rotation: int = 0  # clockwise degrees (0/90/180/270) that turn decoded frames upright
 
 
-def scan_video_folder(root: Path, split: str, classes: Sequence[str] | None = None
-                      ) -> tuple[list[str], list[VideoRecord]]:
-    """Class names and one record per video of ``<root>/<split>``, sorted by path.
-
-    Classes are the sorted class folders unless ``classes`` fixes them (and their labels, in
-    order); folders not named then are ignored.
-    """
-    split_dir = Path(root) / split
-    if not split_dir.is_dir():
-        raise ValueError(f"split folder {split_dir} does not exist "
-                         "(expected <root>/<split>/<class>/<video>)")
-    if classes is None:
-        names = sorted(p.name for p in split_dir.iterdir()
-                       if p.is_dir() and not p.name.startswith("."))
-    else:
-        names = list(classes)
-        _check_declared_classes(split_dir, names)
-    records = [VideoRecord(path, label) for label, name in enumerate(names)
-               for path in (split_dir / name).iterdir() if _is_video(path)]
-    if not records:
-        raise ValueError(f"split folder {split_dir} holds no videos (extensions: "
-                         f"{', '.join(VIDEO_EXTENSIONS)}) in <class>/ subfolders")
-    return names, sorted(records, key=lambda record: record.path)
+class DecodeError(ValueError):
+    """A clip could not be decoded; the message names the file and the reason."""
 
 
-def _check_declared_classes(split_dir: Path, names: list[str]) -> None:
-    if not names:
-        raise ValueError("The value of `classes` is empty, but must name at least one class")
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise ValueError(f"The value of `classes` repeats {', '.join(duplicates)}, but class "
-                         "names must be unique")
-    for name in names:
-        if not (split_dir / name).is_dir():
-            raise ValueError(f"class folder {split_dir / name} does not exist, but class "
-                             f"{name!r} is declared in `classes`")
+def clip_indices(video_frames: int, start: int, num_frames: int, stride: int) -> list[int]:
+    """Frames ``start, start + stride, ...`` clamped to ``video_frames - 1``: a video too short
+    for the clip is padded by repeating its last frame."""
+    if video_frames < 1 or start < 0 or num_frames < 1 or stride < 1:
+        raise ValueError(f"clip of video_frames={video_frames}, start={start}, "
+                         f"num_frames={num_frames}, stride={stride} is invalid: need "
+                         "video_frames >= 1, start >= 0, num_frames >= 1, stride >= 1")
+    return [min(start + k * stride, video_frames - 1) for k in range(num_frames)]
 
 
-def _is_video(path: Path) -> bool:
-    # Hidden files include macOS "._name.mp4" resource forks, which are not videos.
-    return (path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS
-            and not path.name.startswith("."))
+def scaled_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
+    """(width, height) with the short side resized to ``short_side``, keeping the aspect."""
+    if short_side is None or min(width, height) == short_side:
+        return width, height
+    scale = short_side / min(width, height)
+    return max(short_side, round(width * scale)), max(short_side, round(height * scale))
 
 
-def read_clip(path: Path, start: int, num_frames: int, stride: int) -> np.ndarray:
-    """Frames ``start, start + stride, ...`` (``num_frames`` of them) as uint8 RGB (T, H, W, 3).
+def rotate_frames(frames: np.ndarray, rotation: int) -> np.ndarray:
+    """(T, H, W, C) frames turned clockwise by ``rotation`` degrees (0/90/180/270)."""
+    if rotation not in (0, 90, 180, 270):
+        raise ValueError(f"rotation {rotation} is not one of 0, 90, 180, 270 (clockwise degrees)")
+    if rotation == 0:
+        return frames
+    # A copy: torch.from_numpy refuses the negative strides a rotated view has.
+    return np.ascontiguousarray(np.rot90(frames, k=-rotation // 90, axes=(1, 2)))
 
-    A video too short for the clip is padded by repeating its last frame. Decoding stops at
-    the last frame the clip needs.
-    """
-    if start < 0 or num_frames < 1 or stride < 1:
-        raise ValueError(f"clip start={start}, num_frames={num_frames}, stride={stride} is "
-                         "invalid: need start >= 0, num_frames >= 1, stride >= 1")
-    last_needed = start + (num_frames - 1) * stride
-    # One converter for the whole clip: a fresh one per frame (what VideoFrame.to_ndarray does)
-    # costs more than decoding these small frames. Decoder threads stay at PyAV's default:
-    # thread_type "AUTO" (frame threads) was slower on short, small videos.
-    reformatter = VideoReformatter()
-    frames: list[np.ndarray] = []
-    last: av.VideoFrame | None = None
-    with av.open(str(path)) as container:
-        for index, frame in enumerate(container.decode(_video_stream(container, path))):
-            last = frame
-            if index >= start and (index - start) % stride == 0:
-                frames.append(reformatter.reformat(frame, format="rgb24").to_ndarray())
-            if index >= last_needed:
-                break
-        if last is None:
-            raise ValueError(f"video {path} has no decodable frames")
-        if len(frames) < num_frames:
-            padding = reformatter.reformat(last, format="rgb24").to_ndarray()
-            frames += [padding] * (num_frames - len(frames))
+
+def fill_missing(indices: Sequence[int], good: dict[int, np.ndarray], source: str,
+                 reason: str = "") -> np.ndarray:
+    """Frames at ``indices`` from ``good``; a missing one repeats the last good frame before it
+    (the first good one when none is before it). DecodeError naming ``source`` when ``good`` is
+    empty."""
+    if not good:
+        raise DecodeError(f"{source}: none of frames {min(indices)}..{max(indices)} decodes"
+                          + (f" ({reason})" if reason else ""))
+    known = sorted(good)
+    frames = []
+    for index in indices:
+        earlier = [k for k in known if k <= index]
+        frames.append(good[earlier[-1] if earlier else known[0]])
     return np.stack(frames)
 
 
-def count_frames(path: Path) -> int:
-    """Frames in the first video stream: the container's count, else decoded and counted."""
-    with av.open(str(path)) as container:
-        stream = _video_stream(container, path)
-        if stream.frames > 0:
-            return stream.frames
-        return sum(1 for _ in container.decode(stream))
+def read_video_frames(path: Path, indices: Sequence[int], *, rotation: int = 0,
+                      short_side: int | None = None) -> np.ndarray:
+    """Frames ``indices`` of the video at ``path`` as uint8 RGB (len(indices), H, W, 3).
+
+    Seeks to the keyframe at or before the first frame needed, decodes only up to the last one
+    and converts only the frames needed, resized in swscale to short side ``short_side`` when
+    given, then turned upright by ``rotation``. A needed frame that does not decode (a broken
+    packet, a file that ends early) repeats the last good frame before it: frames past the end
+    repeat the last frame. DecodeError when none of the frames needed decodes (all past the
+    end, say, when an index counted more frames than the file holds).
+    """
+    if not indices or min(indices) < 0:
+        raise ValueError(f"frame indices {list(indices)} are invalid: need at least one, all >= 0")
+    wanted = sorted(set(indices))
+    target = wanted[0]
+    for attempt in range(_SEEK_ATTEMPTS):
+        # The last attempt decodes from the start, numbering frames by counting.
+        decoded = _decode_wanted(path, wanted, short_side,
+                                 target if attempt < _SEEK_ATTEMPTS - 1 else 0)
+        if decoded.retry_from is None:
+            break
+        target = decoded.retry_from
+    frames = fill_missing(indices, decoded.frames, f"video {path}", decoded.error)
+    return rotate_frames(frames, rotation)
 
 
-def _video_stream(container: av.container.InputContainer, path: Path) -> av.VideoStream:
-    if not container.streams.video:
-        raise ValueError(f"file {path} has no video stream")
-    return container.streams.video[0]
+# Seeks that land after the first frame needed retry from further back, then from the start.
+_SEEK_ATTEMPTS = 4
+
+
+@dataclass
+class _Decoded:
+    frames: dict[int, np.ndarray] = field(default_factory=dict)
+    error: str = ""
+    retry_from: int | None = None  # the seek missed: try again from this frame
+
+
+class _SeekMissed(Exception):
+    """Timestamps after a seek cannot place frames: decode from the start instead."""
+
+
+def _decode_wanted(path: Path, wanted: list[int], short_side: int | None, target: int
+                   ) -> _Decoded:
+    """The frames ``wanted`` that decode, seeking to the keyframe at or before frame
+    ``target`` (decoding from the start when it is 0)."""
+    try:
+        container = _open(path)
+    except MEDIA_ERRORS as error:
+        return _Decoded(error=f"cannot open: {error}")
+    with container:
+        if not container.streams.video:
+            return _Decoded(error="no video stream")
+        stream = container.streams.video[0]
+        try:
+            timeline = _Timeline.of(container, stream) if target > 0 else None
+        except MEDIA_ERRORS:
+            timeline = None  # cannot find the first frame's timestamp: count from the start
+        if timeline is None:
+            return _collect(enumerate(_all_frames(container, stream)), wanted, short_side, 0)
+        try:
+            return _collect(_seeked_frames(container, stream, timeline, target), wanted,
+                            short_side, target)
+        except _SeekMissed:
+            return _Decoded(retry_from=0)
+
+
+def _collect(frames: Iterator[tuple[int, av.VideoFrame]], wanted: list[int],
+             short_side: int | None, target: int) -> _Decoded:
+    result = _Decoded()
+    convert = _converter(short_side)
+    last: tuple[int, av.VideoFrame] | None = None
+    try:
+        for index, frame in frames:
+            if last is None and index > wanted[0]:
+                # The keyframe found shows frames after the target (B-frames coded before
+                # it, a coarse index): step back by at least twice the miss.
+                back = min(target - 1, wanted[0] - 2 * (index - wanted[0]))
+                return _Decoded(retry_from=max(0, back))
+            if index in wanted:
+                result.frames[index] = convert(frame)
+            last = (index, frame)
+            if index >= wanted[-1]:
+                break
+    except MEDIA_ERRORS as error:
+        result.error = f"decoding stopped after frame {last[0] if last else None}: {error}"
+    if last is not None and last[0] < wanted[-1]:
+        if not result.frames:  # all needed frames lie past the end: nothing to pad
+            result.error = result.error or f"the video ends at frame {last[0]}"
+        elif last[0] not in result.frames:
+            # The file ended (or broke) before the last needed frame: its last frame pads.
+            result.frames[last[0]] = convert(last[1])
+    return result
+
+
+def _open(path: Path) -> InputContainer:
+    # Broken metadata (a tag that is not UTF-8) should not stop the frames from decoding.
+    return av.open(str(path), metadata_errors="replace")
+
+
+def _converter(short_side: int | None) -> Callable[[av.VideoFrame], np.ndarray]:
+    # One reformatter (one swscale context) per clip: a fresh one per frame, as
+    # VideoFrame.to_ndarray makes, costs more than decoding small frames.
+    reformatter = VideoReformatter()
+    size: list[tuple[int, int]] = []
+
+    def convert(frame: av.VideoFrame) -> np.ndarray:
+        if not size:  # every frame of a clip gets the first frame's size, so that they stack
+            size.append(scaled_size(frame.width, frame.height, short_side))
+        width, height = size[0]
+        return reformatter.reformat(frame, width=width, height=height,
+                                    format="rgb24").to_ndarray()
+    return convert
+
+
+def _all_frames(container: InputContainer, stream: av.VideoStream) -> Iterator[av.VideoFrame]:
+    # demux ends with an empty packet per stream, whose decode flushes delayed frames.
+    for packet in container.demux(stream):
+        yield from packet.decode()
+
+
+@dataclass(frozen=True)
+class _Timeline:
+    """Frame index <-> timestamp of a constant-frame-rate stream."""
+
+    origin: int  # the first frame's timestamp
+    ticks: Fraction  # timestamp units per frame
+
+    @classmethod
+    def of(cls, container: InputContainer, stream: av.VideoStream) -> _Timeline | None:
+        """The stream's timeline, None when its timestamps cannot place frames."""
+        rate = stream.average_rate or stream.guessed_rate
+        if not rate or not stream.time_base:
+            return None
+        ticks = 1 / (Fraction(rate) * stream.time_base)
+        if "avi" not in container.format.name.split(","):
+            return cls(stream.start_time or 0, ticks)
+        origin = _avi_origin(container, stream)
+        return None if origin is None else cls(origin, ticks)
+
+    def seek_target(self, index: int) -> int:
+        # The middle of the frame: muxers round timestamps (to milliseconds in Matroska), so
+        # frame i may sit a tick after i * ticks, and seeking to that would miss its keyframe.
+        return int(self.origin + (index + Fraction(1, 2)) * self.ticks)
+
+    def index_of(self, timestamp: int) -> int:
+        return round((timestamp - self.origin) / self.ticks)
+
+
+def _avi_origin(container: InputContainer, stream: av.VideoStream) -> int | None:
+    """The first frame's pts in an AVI file, which stores only a frame counter in decode order.
+
+    FFmpeg's parsers rebuild presentation order for MPEG-4 part 2 (the usual AVI codec), with
+    the first pts shifted by the B-frame delay: the first packet shows that shift. H.264 and
+    HEVC frames come out with decode-order pts, which cannot place them.
+    """
+    if stream.codec_context.name in ("h264", "hevc"):
+        return None
+    container.seek(stream.start_time or 0, stream=stream, backward=True)
+    for packet in container.demux(stream):
+        return packet.pts
+    return None
+
+
+def _seeked_frames(container: InputContainer, stream: av.VideoStream, timeline: _Timeline,
+                   first: int) -> Iterator[tuple[int, av.VideoFrame]]:
+    """(index, frame) from the keyframe at or before frame ``first`` to the end."""
+    container.seek(timeline.seek_target(first), stream=stream, backward=True)
+    previous: int | None = None
+    for frame in _all_frames(container, stream):
+        if frame.pts is None:
+            raise _SeekMissed
+        index = timeline.index_of(frame.pts)
+        if previous is not None and index <= previous:
+            raise _SeekMissed  # timestamps out of order cannot number frames
+        previous = index
+        yield index, frame
 
 
 class VideoClipDataset(Dataset[tuple[torch.Tensor, int, int]]):
     """Clips of ``num_frames`` frames, ``stride`` apart, as normalised float32 [3, T, H, W].
 
     Training draws one clip per video per item: a random start, a short-side resize to
-    ``crop_size * 8/7``, a random square crop and a random horizontal flip. Evaluation takes
-    ``clips_per_video`` clips per video with starts spread evenly over it (one clip is the
-    centre clip), resized the same way and centre-cropped. Items are (clip, label, video
-    index), so that clip scores can be averaged per video.
+    ``crop_size * 8/7`` (in the decoder), a random square crop and a random horizontal flip.
+    Evaluation takes ``clips_per_video`` clips per video with starts spread evenly over it
+    (one clip is the centre clip), resized the same way and centre-cropped. Items are (clip,
+    label, video index), so that clip scores can be averaged per video. A clip running past
+    the end of a video repeats its last frame.
+
+    Records of kind "frames" are frame folders. A record's ``num_frames`` of 0 is probed on
+    first use, once per dataset copy (each DataLoader worker has its own).
 
     Training randomness comes from torch's global RNG (mixed with ``seed``): reproducible under
     ``torch.manual_seed`` and different in every DataLoader worker and epoch.
@@ -142,8 +293,11 @@ class VideoClipDataset(Dataset[tuple[torch.Tensor, int, int]]):
         self.train, self.clips_per_video, self.seed = train, clips_per_video, seed
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1, 1)
-        # Filled lazily: scanning every file up front would cost a full pass before training.
-        self._frame_counts: list[int | None] = [None] * len(self.records)
+        # (x / 255 - mean) / std as one multiply and one subtract.
+        self._scale = (1 / (255 * self.std)).numpy()
+        self._shift = (self.mean / self.std).numpy()
+        # Filled lazily: probing every file up front would cost a pass before training.
+        self._frame_counts: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self.records) * (1 if self.train else self.clips_per_video)
@@ -160,25 +314,83 @@ class VideoClipDataset(Dataset[tuple[torch.Tensor, int, int]]):
             rng = None
             video, clip = divmod(index, self.clips_per_video)
             start = (2 * clip + 1) * self._last_start(video) // (2 * self.clips_per_video)
-        frames = read_clip(self.records[video].path, start, self.num_frames, self.stride)
-        clip_tensor = self._transform(torch.from_numpy(frames), rng)
-        return clip_tensor, self.records[video].label, video
+        return self.clip(video, start, rng), self.records[video].label, video
+
+    def clip(self, video: int, start: int, rng: np.random.Generator | None) -> torch.Tensor:
+        """The clip of video ``video`` from frame ``start``: randomly cropped and flipped with
+        ``rng``, centre-cropped without. DecodeError when neither it nor the clip from frame 0
+        decodes."""
+        record = self.records[video]
+        count = self.video_frames(video)
+        try:
+            frames = self._read(record, clip_indices(count, start, self.num_frames, self.stride))
+        except DecodeError as error:
+            if start == 0:
+                raise
+            # A broken stretch mid-file should not end a run: the clip from the start is the
+            # one most likely to decode.
+            try:
+                frames = self._read(record, clip_indices(count, 0, self.num_frames, self.stride))
+            except DecodeError as retry_error:
+                raise DecodeError(f"{_describe(record)}: the clip from frame {start} "
+                                  f"({error}) and the retry from frame 0 ({retry_error}) do "
+                                  "not decode") from retry_error
+        return self._transform(frames, rng)
+
+    def video_frames(self, video: int) -> int:
+        """Decodable frames of video ``video``: the record's count, else probed once."""
+        record = self.records[video]
+        if record.num_frames > 0:
+            return record.num_frames
+        if video not in self._frame_counts:
+            self._frame_counts[video] = _probe_frame_count(record)
+        return self._frame_counts[video]
 
     def _last_start(self, video: int) -> int:
-        count = self._frame_counts[video]
-        if count is None:
-            count = self._frame_counts[video] = count_frames(self.records[video].path)
-        return max(count - ((self.num_frames - 1) * self.stride + 1), 0)
+        return max(self.video_frames(video) - ((self.num_frames - 1) * self.stride + 1), 0)
 
-    def _transform(self, frames: torch.Tensor, rng: np.random.Generator | None) -> torch.Tensor:
-        """uint8 (T, H, W, 3) -> resized, cropped, maybe flipped, normalised (3, T, S, S)."""
-        clip = frames.permute(0, 3, 1, 2).float().div_(255)  # (T, 3, H, W) for interpolate
-        clip = _resize_short_side(clip, round(self.crop_size * _RESIZE_RATIO))
-        top, left = _crop_corner(clip.shape[-2], clip.shape[-1], self.crop_size, rng)
-        clip = clip[..., top:top + self.crop_size, left:left + self.crop_size]
+    def _read(self, record: VideoRecord, indices: list[int]) -> np.ndarray:
+        short_side = round(self.crop_size * _RESIZE_RATIO)
+        if record.kind == "frames":
+            from kdsearch.data.frames import read_frame_files  # frames.py imports this module
+
+            frames = read_frame_files(record.path, indices, short_side=short_side)
+            return rotate_frames(frames, record.rotation)
+        return read_video_frames(record.path, indices, rotation=record.rotation,
+                                 short_side=short_side)
+
+    def _transform(self, frames: np.ndarray, rng: np.random.Generator | None) -> torch.Tensor:
+        """uint8 (T, H, W, 3) -> cropped, maybe flipped, normalised float32 (3, T, S, S).
+
+        In numpy, cropping before converting: torch's multi-threaded kernels gain nothing on
+        a clip this small, and their spinning threads slow the decoder down when items are
+        made in the main process.
+        """
+        top, left = _crop_corner(frames.shape[1], frames.shape[2], self.crop_size, rng)
+        clip = frames[:, top:top + self.crop_size, left:left + self.crop_size]
         if rng is not None and rng.random() < 0.5:
-            clip = clip.flip(-1)
-        return ((clip.permute(1, 0, 2, 3) - self.mean) / self.std).contiguous()
+            clip = clip[:, :, ::-1]
+        normalised = clip.transpose(3, 0, 1, 2).astype(np.float32, order="C")
+        normalised *= self._scale
+        normalised -= self._shift
+        return torch.from_numpy(normalised)
+
+
+def _probe_frame_count(record: VideoRecord) -> int:
+    from kdsearch.data import probe  # probe.py imports this module
+
+    if record.kind == "frames":
+        info = probe.probe_frames(record.path)
+    else:
+        info = probe.probe_video(record.path)
+    if info.num_frames < 1:
+        raise DecodeError(f"{_describe(record)} is unusable: {info.reason} "
+                          f"(probe status {info.status!r})")
+    return info.num_frames
+
+
+def _describe(record: VideoRecord) -> str:
+    return f"{'frame folder' if record.kind == 'frames' else 'video'} {record.path}"
 
 
 def _crop_corner(height: int, width: int, size: int, rng: np.random.Generator | None
@@ -187,15 +399,6 @@ def _crop_corner(height: int, width: int, size: int, rng: np.random.Generator | 
     if rng is None:
         return (height - size) // 2, (width - size) // 2
     return int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))
-
-
-def _resize_short_side(clip: torch.Tensor, short_side: int) -> torch.Tensor:
-    height, width = clip.shape[-2:]
-    if min(height, width) == short_side:
-        return clip
-    scale = short_side / min(height, width)
-    size = (max(short_side, round(height * scale)), max(short_side, round(width * scale)))
-    return F.interpolate(clip, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
 def _check_dataset_arguments(records: Sequence[VideoRecord], num_frames: int, stride: int,
