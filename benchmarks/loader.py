@@ -8,8 +8,9 @@ same number of processes on every side:
 
 * raw PyAV: per clip open, seek, decode up to the last frame needed, ``to_ndarray("rgb24")``
   of the frames needed, in a multiprocessing Pool;
-* kdsearch: ``DataLoader(VideoClipDataset(train=True), num_workers=P, batch_size=8)``, the
-  whole pipeline (decoder-side resize, random crop, flip, normalise, batching);
+* kdsearch: ``DataLoader(VideoClipDataset(train=True, uint8=True), num_workers=P,
+  batch_size=8)``, the whole pipeline as trials run it (decoder-side resize, random crop,
+  flip, batching; clips stay uint8 and are converted to float on the training device);
 * for context, naive decoding from the start of each video;
 
 and the same for the frame folders: raw Pillow (open and convert the frames needed) against
@@ -295,7 +296,8 @@ def _loader_side(records: list[VideoRecord], clips: list[Clip], shape_args: dict
     """A warmed-up DataLoader with persistent workers, as training uses, and a function that
     reads all ``clips`` with it."""
     dataset = VideoClipDataset(records, train=True, num_frames=shape_args["num_frames"],
-                               stride=shape_args["stride"], crop_size=shape_args["crop_size"])
+                               stride=shape_args["stride"], crop_size=shape_args["crop_size"],
+                               uint8=True)  # as kdsearch.datasets.make_loaders builds it
     sampler = _Indices(list(range(_warm_up(args))))
     loader = DataLoader(_FixedClips(dataset, clips), batch_size=args.batch_size,
                         num_workers=args.workers, sampler=sampler, persistent_workers=True)

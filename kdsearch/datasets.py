@@ -24,9 +24,10 @@ from kdsearch.data.layouts import Listing, list_split, stratified_split
 from kdsearch.data.synthetic import generate_synthetic
 from kdsearch.data.video import VideoClipDataset, VideoRecord
 
-# Clips leave the loader as raw [0, 1] RGB; each model normalises its own input, so one clip
-# can feed a teacher and a student trained with different statistics.
-_RAW = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+# Clips leave the loader as uint8 RGB; each model normalises its own input (after
+# engine.to_model_input), so one clip can feed a teacher and a student trained with different
+# statistics.
+_RAW = {"uint8": True}
 # How many unusable videos are named one per line; the MLflow table holds them all.
 _NAMED = 10
 

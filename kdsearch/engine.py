@@ -49,6 +49,13 @@ def build_model(name: str, num_classes: int, weights: str, role: str) -> Normali
     return Normalized(model, spec.mean, spec.std)
 
 
+def to_model_input(clips: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Clips on ``device`` as float [0, 1]. Loaders send uint8: a quarter of the bytes through
+    worker shared memory and host-to-device copies, and the conversion runs on the device."""
+    clips = clips.to(device, non_blocking=True)
+    return clips.float().div_(255) if clips.dtype == torch.uint8 else clips
+
+
 def pick_device(gpus: float) -> torch.device:
     # Ray may assign (fake) GPUs that torch cannot see: trust torch, not Ray's GPU ids.
     return torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
@@ -73,7 +80,7 @@ def train_one_epoch(student: nn.Module, loader: Iterable[Batch], optimizer: torc
     sums = torch.zeros(4, dtype=torch.float64)  # loss, ce, kd, correct; summed over clips
     seen = 0
     for clips, labels, _ in loader:
-        clips, labels = clips.to(device, non_blocking=True), labels.to(device)
+        clips, labels = to_model_input(clips, device), labels.to(device)
         logits = student(clips)
         if use_teacher:
             assert teacher is not None
@@ -208,7 +215,7 @@ def evaluate(model: nn.Module, loader: Iterable[Batch], device: torch.device,
     loss_sum, correct, seen = 0.0, 0, 0
     for clips, labels, video_ids in loader:
         host_labels = _host_labels(labels, num_classes)
-        rows = _batch_rows(model, frame_fn, clips.to(device, non_blocking=True),
+        rows = _batch_rows(model, frame_fn, to_model_input(clips, device),
                            labels.to(device), num_classes)
         loss_sum += float(rows[:, 0].sum())
         correct += int((rows[:, 1:num_classes + 1].argmax(1) == host_labels).sum())

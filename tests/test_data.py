@@ -341,6 +341,18 @@ def test_dataset_in_a_dataloader(ramps: list[VideoRecord]) -> None:
     assert sum(len(batch[1]) for batch in batches) == 3
 
 
+def test_uint8_clips_become_the_float_clips_on_the_device(ramps: list[VideoRecord]) -> None:
+    from kdsearch.engine import to_model_input
+
+    shape = {"num_frames": 4, "stride": 2, "crop_size": 16, "train": False}
+    raw = VideoClipDataset(ramps, **shape, uint8=True)[1][0]
+    floats = VideoClipDataset(ramps, **shape, mean=(0, 0, 0), std=(1, 1, 1))[1][0]
+    assert raw.dtype == torch.uint8 and raw.shape == floats.shape == (3, 4, 16, 16)
+    converted = to_model_input(raw[None], torch.device("cpu"))[0]
+    assert converted.dtype == torch.float32
+    assert torch.allclose(converted, floats, atol=1e-6)
+
+
 @pytest.mark.parametrize(("name", "value"), [("num_frames", 0), ("stride", 0), ("crop_size", 0),
                                              ("clips_per_video", 0)])
 def test_dataset_rejects_bad_arguments(ramps: list[VideoRecord], name: str, value: int) -> None:

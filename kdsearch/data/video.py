@@ -266,7 +266,8 @@ def _seeked_frames(container: InputContainer, stream: av.VideoStream, timeline: 
 
 
 class VideoClipDataset(Dataset[tuple[torch.Tensor, int, int]]):
-    """Clips of ``num_frames`` frames, ``stride`` apart, as normalised float32 [3, T, H, W].
+    """Clips of ``num_frames`` frames, ``stride`` apart, as normalised float32 [3, T, H, W]
+    (or, with ``uint8=True``, the cropped RGB values as uint8 [3, T, H, W]).
 
     Training draws one clip per video per item: a random start, a short-side resize to
     ``crop_size * 8/7`` (in the decoder), a random square crop and a random horizontal flip.
@@ -285,12 +286,15 @@ class VideoClipDataset(Dataset[tuple[torch.Tensor, int, int]]):
     def __init__(self, records: Sequence[VideoRecord], *, num_frames: int, stride: int,
                  crop_size: int, train: bool, clips_per_video: int = 1,
                  mean: Sequence[float] = (0.45, 0.45, 0.45),
-                 std: Sequence[float] = (0.225, 0.225, 0.225), seed: int = 0) -> None:
+                 std: Sequence[float] = (0.225, 0.225, 0.225), seed: int = 0,
+                 uint8: bool = False) -> None:
         _check_dataset_arguments(records, num_frames, stride, crop_size, clips_per_video, mean,
                                  std)
         self.records = list(records)
         self.num_frames, self.stride, self.crop_size = num_frames, stride, crop_size
         self.train, self.clips_per_video, self.seed = train, clips_per_video, seed
+        # uint8 clips skip mean/std here: the consumer converts (see engine.to_model_input).
+        self.uint8 = uint8
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1, 1)
         # (x / 255 - mean) / std as one multiply and one subtract.
@@ -370,6 +374,8 @@ class VideoClipDataset(Dataset[tuple[torch.Tensor, int, int]]):
         clip = frames[:, top:top + self.crop_size, left:left + self.crop_size]
         if rng is not None and rng.random() < 0.5:
             clip = clip[:, :, ::-1]
+        if self.uint8:
+            return torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2)))
         normalised = clip.transpose(3, 0, 1, 2).astype(np.float32, order="C")
         normalised *= self._scale
         normalised -= self._shift
