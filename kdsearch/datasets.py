@@ -80,7 +80,8 @@ def list_splits(data: Data) -> tuple[Listing, Listing | None]:
 
 def load_dataset(data: Data, clip: Clip, index_fallback: Path, log: Log = print
                  ) -> DatasetSplits:
-    """Index both splits, leave unusable videos out, and check every class keeps some."""
+    """Index both splits, leave unusable videos out (reporting them through ``log``), and
+    check that every class keeps some."""
     root = Path(data.root)
     train_listing, val_listing = list_splits(data)
     index = {"frame_rate": data.frame_rate, "log": log}
@@ -101,9 +102,12 @@ def load_dataset(data: Data, clip: Clip, index_fallback: Path, log: Log = print
     train, train_issues = _usable(root, "train", train_rows, need, data.short_videos)
     val, val_issues = _usable(root, "val", val_rows, need, data.short_videos)
     classes = train_listing.classes
+    splits = DatasetSplits(classes, tuple(train), tuple(val), tuple(train_issues + val_issues),
+                           _fingerprint(classes, train_rows, val_rows, train, val))
+    for line in summarize(splits):  # before the check: its error points at these reasons
+        log(line)
     _check_classes(classes, {"train": train, "val": val}, train_issues + val_issues)
-    return DatasetSplits(classes, tuple(train), tuple(val), tuple(train_issues + val_issues),
-                         _fingerprint(classes, train_rows, val_rows, train, val))
+    return splits
 
 
 def _usable(root: Path, split: str, rows: list[IndexRow], need: int, short: str
@@ -143,14 +147,13 @@ def _check_classes(classes: Sequence[str], splits: dict[str, list[VideoRecord]],
         counts = collections.Counter(r.label for r in records)
         skipped = sum(i.split == split and i.action == "skipped" for i in issues)
         if not records:
-            problems.append(f"data: the {split} split has no usable video ({skipped} skipped; "
-                            "see the reasons above)")
+            problems.append(f"data: the {split} split has no usable video (skipped: {skipped};"
+                            " see the reasons above)")
             continue
         for label, name in enumerate(classes):
             if counts[label] == 0:
                 problems.append(f"data: class {name!r} has no usable video in the {split} split"
-                                f" ({skipped} videos skipped in that split; see the reasons "
-                                "above)")
+                                f" (skipped in that split: {skipped}; see the reasons above)")
     if problems:
         raise ConfigError(problems)
 

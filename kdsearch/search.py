@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from kdsearch.config import ConfigError, SpaceConfig
-from kdsearch.datasets import load_dataset, prepare_data, summarize
+from kdsearch.datasets import load_dataset, prepare_data
 from kdsearch.progress import Progress
 from kdsearch.searcher import make_searcher
 from kdsearch.teacher import prepare_teacher
@@ -154,8 +154,6 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
     start = time.monotonic()
     prepare_data(cfg.data)
     data = load_dataset(cfg.data, cfg.student.clip, Path(cfg.storage) / "indexes", log=say)
-    for line in summarize(data):
-        say(line)
     init_ray(cfg, address)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no table-migration chatter
     mlflow.set_tracking_uri(cfg.tracking_uri)

@@ -197,3 +197,42 @@ def test_dry_run_prints_config_and_space(tmp_path: Path, capsys: pytest.CaptureF
     assert "search space (5 trials):" in out
     assert "backbone       choice ['tiny3d', 'tiny3d_wide', 'tiny_r2plus1d']" in out
     assert "alpha          uniform [0, 0.9]" in out
+
+
+def test_soccerdb1_space_file_fits_a_frame_folder_set(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from kdsearch.data.testmedia import write_frame_folder
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    space = REPO / "search_spaces" / "soccerdb1.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_space(space, cwd=tmp_path)
+    found = info.value.problems
+    assert found[0] == f"data.root: '{tmp_path / 'data/SoccerDB1/images'}' is not a directory"
+    # Every pretrained file it needs is named, teacher and both searched students.
+    assert [p.split(" needs ")[0] for p in found[1:]] == [
+        "teacher.weights: slow_r50", "student.weights: resnet18_tsn", "student.weights: x3d_xs"]
+    for split in ("train", "val"):
+        for name in ("dribble", "kick", "run", "walk"):
+            write_frame_folder(tmp_path / "data/SoccerDB1/images" / split / name / "v1",
+                               num_frames=4)
+    cfg = load_space(space, ["teacher.weights=none", "student.weights=none"], cwd=tmp_path)
+    assert cfg.data.format == "frame_folder" and cfg.resources.gpus_per_trial == 1
+    assert cfg.search.space["backbone"].values == ["resnet18_tsn", "x3d_xs"]  # type: ignore[union-attr]
+
+
+def test_ucf101_space_file_reads_index_labels(tmp_path: Path) -> None:
+    from kdsearch.datasets import list_splits
+
+    space = REPO / "search_spaces" / "ucf101.yaml"
+    videos = tmp_path / "data/ucf101/videos"
+    (videos / "YoYo").mkdir(parents=True)
+    for split in ("train", "val"):
+        (tmp_path / f"data/ucf101/ucf101_{split}_split_1_videos.txt").write_text(
+            "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 0\nYoYo/v_YoYo_g01_c01.avi 100\n")
+    cfg = load_space(space, ["teacher.weights=none", "student.weights=none"], cwd=tmp_path)
+    train, val = list_splits(cfg.data)
+    assert len(train.classes) == 101 and val is not None
+    assert [(e.path, train.classes[e.label]) for e in train.entries] == [
+        ("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi", "ApplyEyeMakeup"),
+        ("YoYo/v_YoYo_g01_c01.avi", "YoYo")]

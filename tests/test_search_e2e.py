@@ -215,3 +215,24 @@ def test_search_over_an_annotation_list(ray_local: None, tmp_path: Path) -> None
     assert (root / ".kdsearch" / "all.csv.parquet").is_file()
     (run,) = _trial_runs(MlflowClient(cfg.tracking_uri), outcome.experiment_id)
     assert run.data.tags["kdsearch.status"] == "completed"
+
+
+def test_data_without_a_usable_video_in_a_class_stops_before_anything_starts(
+        tmp_path: Path) -> None:
+    from kdsearch.data.testmedia import write_broken, write_test_video
+
+    for split in ("train", "val"):
+        write_test_video(tmp_path / "videos" / split / "kick" / "a.mp4", num_frames=12)
+        write_broken(tmp_path / "videos" / split / "run" / "b.mp4", "not_video")
+    write_tiny_space(tmp_path, data={"format": "video_folder", "root": "videos"})
+    proc = run_cli(tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "  train/run/b.mp4: not a video" in proc.stdout
+    assert proc.stderr.strip().splitlines() == [
+        "error: data: class 'run' has no usable video in the train split (skipped in that "
+        "split: 1; see the reasons above)",
+        "error: data: class 'run' has no usable video in the val split (skipped in that "
+        "split: 1; see the reasons above)"]
+    assert not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "kdsearch_results" / "ray").exists()

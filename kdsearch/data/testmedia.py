@@ -171,6 +171,9 @@ def write_broken(path: Path, kind: str, *, num_frames: int = 64, keep: float = 0
     takes), "single_frame" a one-frame video.
     """
     path = Path(path)
+    if kind not in BROKEN_KINDS:
+        raise ValueError(f"broken media kind {kind!r} is not one of {', '.join(BROKEN_KINDS)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
     if kind == "empty":
         path.write_bytes(b"")
     elif kind == "not_video":
@@ -179,10 +182,8 @@ def write_broken(path: Path, kind: str, *, num_frames: int = 64, keep: float = 0
         _write_audio(path)
     elif kind == "single_frame":
         write_test_video(path, num_frames=1, codec=_codec_for(path))
-    elif kind == "truncated":
-        _write_truncated(path, num_frames, keep, faststart)
     else:
-        raise ValueError(f"broken media kind {kind!r} is not one of {', '.join(BROKEN_KINDS)}")
+        _write_truncated(path, num_frames, keep, faststart)
     return path
 
 
