@@ -121,6 +121,9 @@ class Teacher(_Model):
     lr: Annotated[float, Field(gt=0)] = 1e-3
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
     batch_size: Annotated[int, Field(ge=1)] = 8
+    # Decode and run the teacher once per view before the trials (kdsearch.cache).
+    cache: bool = True
+    cache_views: Annotated[int, Field(ge=1)] = 4
 
 
 class Student(_Model):
@@ -138,6 +141,8 @@ class Student(_Model):
     alpha: Annotated[float, Field(ge=0, le=1)] = 0.5
     temperature: Annotated[float, Field(gt=0)] = 4.0
     val_clips_per_video: Annotated[int, Field(ge=1)] = 1
+    bf16: bool = True  # autocast on CUDA; ignored on the CPU
+    channels_last: bool = True  # channels-last 3D memory format on CUDA; ignored on the CPU
 
 
 class Uniform(_Model):

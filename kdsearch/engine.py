@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -16,7 +17,8 @@ from kdsearch.losses import kd_loss
 from kdsearch.metrics import classification_metrics, metric_key
 from kdsearch.models import create_model, get_spec
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+# (clips, labels, video index[, cached teacher logits])
+Batch = Sequence[torch.Tensor]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -49,11 +51,32 @@ def build_model(name: str, num_classes: int, weights: str, role: str) -> Normali
     return Normalized(model, spec.mean, spec.std)
 
 
-def to_model_input(clips: torch.Tensor, device: torch.device) -> torch.Tensor:
+def to_model_input(clips: torch.Tensor, device: torch.device, channels_last: bool = False
+                   ) -> torch.Tensor:
     """Clips on ``device`` as float [0, 1]. Loaders send uint8: a quarter of the bytes through
-    worker shared memory and host-to-device copies, and the conversion runs on the device."""
+    worker shared memory and host-to-device copies, and the conversion runs on the device.
+    ``channels_last`` (CUDA only) lays clips out as cuDNN's fastest 3D convolutions want."""
     clips = clips.to(device, non_blocking=True)
-    return clips.float().div_(255) if clips.dtype == torch.uint8 else clips
+    clips = clips.float().div_(255) if clips.dtype == torch.uint8 else clips
+    if channels_last and device.type == "cuda" and clips.dim() == 5:
+        clips = clips.contiguous(memory_format=torch.channels_last_3d)
+    return clips
+
+
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA when asked; a no-op on the CPU (where it would be slower)."""
+    if bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+ModelT = TypeVar("ModelT", bound=nn.Module)
+
+
+def to_channels_last(model: ModelT, device: torch.device, enabled: bool) -> ModelT:
+    if enabled and device.type == "cuda":
+        return model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+    return model
 
 
 def pick_device(gpus: float) -> torch.device:
@@ -71,21 +94,25 @@ def make_optimizer(params: Iterable[nn.Parameter], name: str, lr: float, weight_
 
 def train_one_epoch(student: nn.Module, loader: Iterable[Batch], optimizer: torch.optim.Optimizer,
                     device: torch.device, teacher: nn.Module | None = None, alpha: float = 0.0,
-                    temperature: float = 1.0) -> dict[str, float]:
-    """One pass over ``loader``; with a teacher and alpha > 0 the loss is the KD loss."""
+                    temperature: float = 1.0, *, bf16: bool = False,
+                    channels_last: bool = False) -> dict[str, float]:
+    """One pass over ``loader``; with alpha > 0 the loss is the KD loss.
+
+    The teacher's logits come from the batch's fourth element when the loader has them
+    (the clip cache), else from running ``teacher`` on the clips.
+    """
     student.train()
-    use_teacher = teacher is not None and alpha > 0
     if teacher is not None:
         teacher.eval()
     sums = torch.zeros(4, dtype=torch.float64)  # loss, ce, kd, correct; summed over clips
     seen = 0
-    for clips, labels, _ in loader:
-        clips, labels = to_model_input(clips, device), labels.to(device)
-        logits = student(clips)
-        if use_teacher:
-            assert teacher is not None
-            with torch.no_grad():
-                teacher_logits = teacher(clips)
+    for batch in loader:
+        clips = to_model_input(batch[0], device, channels_last)
+        labels = batch[1].to(device)
+        with autocast(device, bf16):
+            logits = student(clips).float()
+            teacher_logits = _teacher_logits(batch, clips, teacher, alpha, device)
+        if teacher_logits is not None:
             loss, ce, kd = kd_loss(logits, teacher_logits, labels, alpha, temperature)
         else:
             loss = ce = F.cross_entropy(logits, labels)
@@ -105,6 +132,19 @@ def train_one_epoch(student: nn.Module, loader: Iterable[Batch], optimizer: torc
     sums /= max(seen, 1)
     return {"train_loss": sums[0].item(), "train_ce": sums[1].item(),
             "train_kd": sums[2].item(), "train_acc": sums[3].item()}
+
+
+def _teacher_logits(batch: Sequence[torch.Tensor], clips: torch.Tensor,
+                    teacher: nn.Module | None, alpha: float, device: torch.device
+                    ) -> torch.Tensor | None:
+    if alpha <= 0:
+        return None  # plain supervised training: the teacher is not even run
+    if len(batch) > 3:
+        return batch[3].to(device, non_blocking=True).float()
+    if teacher is None:
+        raise ValueError("alpha > 0 needs a teacher or a loader with cached teacher logits")
+    with torch.no_grad():
+        return teacher(clips).float()
 
 
 FrameLogits = Callable[[torch.Tensor], torch.Tensor]
@@ -200,7 +240,8 @@ def _video_metrics(videos: dict[int, np.ndarray], video_label: dict[int, int],
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable[Batch], device: torch.device,
-             classes: Sequence[str]) -> dict[str, Any]:
+             classes: Sequence[str], *, bf16: bool = False, channels_last: bool = False
+             ) -> dict[str, Any]:
     """Clip and video metrics over ``loader``, whose batches may hold several clips per video.
 
     A video is predicted by the argmax of its mean clip logits; frame-level students (a
@@ -213,10 +254,11 @@ def evaluate(model: nn.Module, loader: Iterable[Batch], device: torch.device,
     videos: dict[int, np.ndarray] = {}  # per video: summed [logits, frame votes, frame logits]
     video_label: dict[int, int] = {}
     loss_sum, correct, seen = 0.0, 0, 0
-    for clips, labels, video_ids in loader:
+    for clips, labels, video_ids, *_ in loader:
         host_labels = _host_labels(labels, num_classes)
-        rows = _batch_rows(model, frame_fn, to_model_input(clips, device),
-                           labels.to(device), num_classes)
+        with autocast(device, bf16):
+            rows = _batch_rows(model, frame_fn, to_model_input(clips, device, channels_last),
+                               labels.to(device), num_classes)
         loss_sum += float(rows[:, 0].sum())
         correct += int((rows[:, 1:num_classes + 1].argmax(1) == host_labels).sum())
         seen += len(rows)

@@ -15,6 +15,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from kdsearch.cache import prepare_cache
 from kdsearch.config import ConfigError, SpaceConfig
 from kdsearch.datasets import load_dataset, prepare_data
 from kdsearch.progress import Progress
@@ -171,7 +172,10 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
         client.set_terminated(teacher_run)
         log_metrics(client, parent_id, {f"teacher_{k}": v for k, v in teacher.metrics.items()
                                         if k.startswith("val")})
-        ctx = TrialContext(cfg, data.classes, str(teacher.path), data.train, data.val)
+        cache = prepare_cache(cfg, data, teacher.path, log=say) if cfg.teacher.cache else None
+        client.set_tag(parent_id, "kdsearch.cache", str(cache or "off"))
+        ctx = TrialContext(cfg, data.classes, str(teacher.path), data.train, data.val,
+                           None if cache is None else str(cache))
         mlflow_cb = MLflowTrials(client, experiment_id, parent_id, cfg, data.classes)
         progress = Progress(cfg.search.metric, cfg.search.mode, cfg.student.epochs,
                             cfg.search.num_samples)

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from kdsearch.cache import CachedTrainBatches, CachedValBatches, ClipCache
 from kdsearch.config import SEARCHABLE, SpaceConfig, Student
 from kdsearch.data.video import VideoRecord
 from kdsearch.datasets import make_loaders
 from kdsearch.engine import (
+    Batch,
     Normalized,
     build_model,
     evaluate,
     make_optimizer,
     pick_device,
+    to_channels_last,
     train_one_epoch,
 )
 
@@ -56,6 +59,7 @@ class TrialContext:
     teacher_path: str
     train: tuple[VideoRecord, ...]  # the usable videos, indexed once by the driver
     val: tuple[VideoRecord, ...]
+    cache: str | None = None  # the clip and teacher-output cache; None: decode and run online
 
 
 def load_teacher(path: str | Path, device: torch.device) -> Normalized:
@@ -72,13 +76,13 @@ def fit(ctx: TrialContext, sampled: Mapping[str, Any], report: Report,
     settings = TrialSettings.resolve(cfg.student, sampled)
     torch.manual_seed(cfg.search.seed)
     device = pick_device(cfg.resources.gpus_per_trial)
-    train_loader, val_loader = make_loaders(
-        ctx.train, ctx.val, cfg.student.clip, settings.batch_size, seed=cfg.search.seed,
-        val_clips_per_video=cfg.student.val_clips_per_video, num_workers=cfg.data.num_workers)
-    num_classes = len(ctx.classes)
-    student = build_model(settings.backbone, num_classes, cfg.student.weights, "student")
-    student.to(device)
-    teacher = load_teacher(ctx.teacher_path, device) if settings.alpha > 0 else None
+    speed = {"bf16": cfg.student.bf16, "channels_last": cfg.student.channels_last}
+    train_epoch, val_loader = _data(ctx, settings.batch_size)
+    student = build_model(settings.backbone, len(ctx.classes), cfg.student.weights, "student")
+    student = to_channels_last(student.to(device), device, cfg.student.channels_last)
+    # With the cache the teacher's logits come with the clips: the teacher is never loaded.
+    online = ctx.cache is None and settings.alpha > 0
+    teacher = load_teacher(ctx.teacher_path, device) if online else None
     optimizer = make_optimizer(student.parameters(), settings.optimizer, settings.lr,
                                settings.weight_decay, settings.momentum)
     epochs = cfg.student.epochs
@@ -92,9 +96,9 @@ def fit(ctx: TrialContext, sampled: Mapping[str, Any], report: Report,
         start = int(state["epoch"])
     for epoch in range(start + 1, epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
-        metrics = train_one_epoch(student, train_loader, optimizer, device, teacher,
-                                  settings.alpha, settings.temperature)
-        metrics.update(evaluate(student, val_loader, device, ctx.classes))
+        metrics = train_one_epoch(student, train_epoch(epoch), optimizer, device, teacher,
+                                  settings.alpha, settings.temperature, **speed)
+        metrics.update(evaluate(student, val_loader, device, ctx.classes, **speed))
         schedule.step()
         metrics.update({"epoch": epoch, "lr": lr})
         with tempfile.TemporaryDirectory(prefix="kdsearch-ckpt-") as tmp:
@@ -103,3 +107,17 @@ def fit(ctx: TrialContext, sampled: Mapping[str, Any], report: Report,
                         "settings": dataclasses.asdict(settings), "classes": list(ctx.classes)},
                        Path(tmp) / CHECKPOINT_FILE)
             report(metrics, Path(tmp))
+
+
+def _data(ctx: TrialContext, batch_size: int
+          ) -> tuple[Callable[[int], Iterable[Batch]], Iterable[Batch]]:
+    """(epoch -> training batches, validation batches), from the cache or decoded online."""
+    cfg = ctx.cfg
+    if ctx.cache is not None:
+        cache = ClipCache.open(ctx.cache)
+        train = CachedTrainBatches(cache, batch_size, cfg.search.seed)
+        return train.epoch, CachedValBatches(cache, batch_size)
+    train_loader, val_loader = make_loaders(
+        ctx.train, ctx.val, cfg.student.clip, batch_size, seed=cfg.search.seed,
+        val_clips_per_video=cfg.student.val_clips_per_video, num_workers=cfg.data.num_workers)
+    return (lambda epoch: train_loader), val_loader

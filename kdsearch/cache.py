@@ -1,0 +1,249 @@
+"""The clip and teacher-output cache: decode and run the teacher once per search, not per trial.
+
+Before the first trial, every training video gets ``views`` clips drawn once (start, crop,
+flip), decoded and passed through the fine-tuned teacher. The clips are stored as uint8 in a
+memory-mapped ``.npy`` file, the teacher's logits in a Parquet table keyed by (video, view).
+Validation clips are stored the same way (no teacher needed). Trials map the files read-only:
+every trial on a node shares one copy in the page cache instead of decoding its own.
+
+In each epoch a trial draws one of the views per video, so the student sees exactly the clip
+the teacher saw and the soft targets are never stale. No augmentation is applied on top: a
+crop or flip would change the clip the teacher's logits belong to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from filelock import FileLock
+from torch.utils.data import DataLoader, Dataset
+
+from kdsearch.config import SpaceConfig
+from kdsearch.data.video import VideoClipDataset, VideoRecord
+from kdsearch.datasets import DatasetSplits
+from kdsearch.engine import autocast, pick_device, to_model_input
+
+CACHE_VERSION = 1
+META = "meta.json"
+TRAIN_CLIPS = "train_clips.npy"
+VAL_CLIPS = "val_clips.npy"
+LOGITS = "teacher_logits.parquet"
+
+Log = Callable[[str], None]
+Batch = tuple[torch.Tensor, ...]
+
+
+def cache_key(cfg: SpaceConfig, data: DatasetSplits, teacher_path: Path) -> str:
+    """Everything that changes the cache's content: the videos used, the teacher file, the
+    clip shape, the views and the seed."""
+    stat = teacher_path.stat()
+    payload = {"version": CACHE_VERSION, "data": data.fingerprint,
+               "teacher": [str(teacher_path), stat.st_size, stat.st_mtime_ns],
+               "clip": cfg.student.clip.model_dump(), "views": cfg.teacher.cache_views,
+               "val_clips": cfg.student.val_clips_per_video, "seed": cfg.search.seed}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare_cache(cfg: SpaceConfig, data: DatasetSplits, teacher_path: Path,
+                  log: Log = print) -> Path:
+    """The cache folder for these settings: reused when complete, else built (atomically,
+    by one process while any other waits on the lock)."""
+    key = cache_key(cfg, data, teacher_path)
+    folder = Path(cfg.storage) / "cache" / key
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if (folder / META).is_file():
+            log(f"cache: reusing {folder}")
+            return folder
+        tmp = folder.with_name(f".{key}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            _build(cfg, data, teacher_path, tmp, log)
+            os.replace(tmp, folder)  # a reader sees a whole cache or none
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+class _Views(Dataset[tuple[torch.Tensor, int]]):
+    """View ``v`` of video ``i`` (item ``i * views + v``) with its own seeded randomness, so
+    the same settings always draw the same views."""
+
+    def __init__(self, records: tuple[VideoRecord, ...], cfg: SpaceConfig) -> None:
+        clip = cfg.student.clip
+        self.clips = VideoClipDataset(records, num_frames=clip.num_frames, stride=clip.stride,
+                                      crop_size=clip.crop_size, train=True, uint8=True)
+        self.views, self.seed = cfg.teacher.cache_views, cfg.search.seed
+
+    def __len__(self) -> int:
+        return len(self.clips.records) * self.views
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, int]:
+        video, view = divmod(item, self.views)
+        rng = np.random.default_rng([self.seed % 2**32, video, view])
+        start = int(rng.integers(0, self.clips._last_start(video) + 1))
+        return self.clips.clip(video, start, rng), item
+
+
+def _build(cfg: SpaceConfig, data: DatasetSplits, teacher_path: Path, folder: Path,
+           log: Log) -> None:
+    from kdsearch.trial import load_teacher
+
+    start = time.monotonic()
+    device = pick_device(cfg.resources.gpus_per_trial)
+    teacher = load_teacher(teacher_path, device)
+    views = _Views(data.train, cfg)
+    log(f"cache: {len(data.train)} training videos x {views.views} views and "
+        f"{len(data.val)} validation videos x {cfg.student.val_clips_per_video} clips")
+    logits = _write_clips(folder / TRAIN_CLIPS, views, cfg, log, teacher, device)
+    assert logits is not None
+    video, view = np.divmod(np.arange(len(views)), views.views)
+    table = pa.table({"video": pa.array(video, pa.int32()), "view": pa.array(view, pa.int16()),
+                      "logits": pa.FixedSizeListArray.from_arrays(
+                          pa.array(logits.reshape(-1)), logits.shape[1])})
+    pq.write_table(table, folder / LOGITS)
+    clip = cfg.student.clip
+    val = VideoClipDataset(data.val, num_frames=clip.num_frames, stride=clip.stride,
+                           crop_size=clip.crop_size, train=False,
+                           clips_per_video=cfg.student.val_clips_per_video, uint8=True)
+    _write_clips(folder / VAL_CLIPS, _Indexed(val), cfg, log)
+    meta = {"version": CACHE_VERSION, "views": views.views, "classes": list(data.classes),
+            "train_labels": [r.label for r in data.train],
+            "val_clips_per_video": cfg.student.val_clips_per_video,
+            "val_labels": [r.label for r in data.val], "teacher": str(teacher_path),
+            "seconds": time.monotonic() - start}
+    (folder / META).write_text(json.dumps(meta))
+    log(f"cache: built in {time.monotonic() - start:.0f}s")
+
+
+class _Indexed(Dataset[tuple[torch.Tensor, int]]):
+    def __init__(self, clips: VideoClipDataset) -> None:
+        self.clips = clips
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, int]:
+        return self.clips[item][0], item
+
+
+def _write_clips(path: Path, dataset: Dataset, cfg: SpaceConfig, log: Log,
+                 teacher: torch.nn.Module | None = None,
+                 device: torch.device | None = None) -> np.ndarray | None:
+    """Decode ``dataset`` into a uint8 ``.npy`` at ``path``; with a teacher, also its logits."""
+    n = len(dataset)  # type: ignore[arg-type]
+    clip = cfg.student.clip
+    shape = (n, 3, clip.num_frames, clip.crop_size, clip.crop_size)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    batch_size = cfg.teacher.batch_size
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=cfg.data.num_workers)
+    logits: np.ndarray | None = None
+    last = time.monotonic()
+    for done, (clips, items) in enumerate(loader, 1):
+        out[items.numpy()] = clips.numpy()
+        if teacher is not None:
+            assert device is not None
+            with torch.no_grad(), autocast(device, cfg.student.bf16):
+                batch = teacher(to_model_input(clips, device)).float().cpu().numpy()
+            if logits is None:
+                logits = np.zeros((n, batch.shape[1]), dtype=np.float32)
+            logits[items.numpy()] = batch
+        if time.monotonic() - last > 10:
+            last = time.monotonic()
+            log(f"cache: {path.stem}: {min(done * batch_size, n)}/{n} clips")
+    out.flush()
+    del out
+    return logits
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipCache:
+    """A built cache, opened read-only: clips are memory-mapped, logits loaded."""
+
+    folder: Path
+    views: int
+    train_labels: np.ndarray
+    val_labels: np.ndarray
+    val_clips_per_video: int
+
+    @classmethod
+    def open(cls, folder: str | Path) -> ClipCache:
+        folder = Path(folder)
+        meta = json.loads((folder / META).read_text())
+        return cls(folder, meta["views"], np.asarray(meta["train_labels"], dtype=np.int64),
+                   np.asarray(meta["val_labels"], dtype=np.int64), meta["val_clips_per_video"])
+
+    def train_clips(self) -> np.ndarray:
+        return np.load(self.folder / TRAIN_CLIPS, mmap_mode="r")
+
+    def val_clips(self) -> np.ndarray:
+        return np.load(self.folder / VAL_CLIPS, mmap_mode="r")
+
+    def teacher_logits(self) -> np.ndarray:
+        """[videos * views, classes] float32, row ``video * views + view``."""
+        column = pq.read_table(self.folder / LOGITS, columns=["logits"])["logits"]
+        flat = column.combine_chunks()
+        # A copy: Arrow's buffers are read-only, and torch wants writable memory.
+        return np.array(flat.values, dtype=np.float32).reshape(len(flat), -1)
+
+
+class CachedTrainBatches:
+    """One epoch of training batches from the cache: (clips uint8, labels, video index,
+    teacher logits). Epoch ``e``'s order and views depend only on ``seed`` and ``e``, so a
+    resumed trial sees the same epochs as one that never stopped."""
+
+    def __init__(self, cache: ClipCache, batch_size: int, seed: int) -> None:
+        self.clips = cache.train_clips()
+        self.logits = torch.from_numpy(cache.teacher_logits())
+        self.labels = torch.from_numpy(cache.train_labels)
+        self.views, self.batch_size, self.seed = cache.views, batch_size, seed
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        generator = torch.Generator().manual_seed((self.seed % 2**32) * 2**20 + epoch)
+        order = torch.randperm(len(self.labels), generator=generator)
+        views = torch.randint(0, self.views, (len(self.labels),), generator=generator)
+        for i in range(0, len(order), self.batch_size):
+            videos = order[i:i + self.batch_size]
+            rows = videos * self.views + views[videos]
+            # Sorted rows read the memory map front to back; the batch order does not matter.
+            rows, videos = _sorted_together(rows, videos)
+            clips = torch.from_numpy(self.clips[rows.numpy()])
+            yield clips, self.labels[videos], videos, self.logits[rows]
+
+
+def _sorted_together(rows: torch.Tensor, videos: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, perm = rows.sort()
+    return rows, videos[perm]
+
+
+class CachedValBatches:
+    """Validation batches from the cache: (clips uint8, labels, video index)."""
+
+    def __init__(self, cache: ClipCache, batch_size: int) -> None:
+        self.clips = cache.val_clips()
+        per_video = cache.val_clips_per_video
+        self.videos = torch.arange(len(cache.val_labels)).repeat_interleave(per_video)
+        self.labels = torch.from_numpy(cache.val_labels).repeat_interleave(per_video)
+        self.batch_size = batch_size
+
+    def __iter__(self) -> Iterator[Batch]:
+        for i in range(0, len(self.labels), self.batch_size):
+            part = slice(i, i + self.batch_size)
+            clips = torch.from_numpy(np.array(self.clips[part]))  # a copy: the map is read-only
+            yield clips, self.labels[part], self.videos[part]

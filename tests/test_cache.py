@@ -1,0 +1,176 @@
+"""The clip and teacher-output cache: same views as online, built once, read without a teacher."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from kdsearch.cache import (
+    META,
+    CachedTrainBatches,
+    CachedValBatches,
+    ClipCache,
+    _Views,
+    cache_key,
+    prepare_cache,
+)
+from kdsearch.config import SpaceConfig
+from kdsearch.datasets import DatasetSplits, load_dataset, prepare_data
+from kdsearch.engine import build_model, to_model_input
+from kdsearch.losses import kd_loss
+from kdsearch.spacefile import load_space
+from kdsearch.teacher import prepare_teacher
+from kdsearch.testing import write_tiny_space
+from kdsearch.trial import TrialContext, fit, load_teacher
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory
+          ) -> tuple[SpaceConfig, DatasetSplits, Path, Path]:
+    folder = tmp_path_factory.mktemp("cache")
+    cfg = load_space(write_tiny_space(folder), cwd=folder)
+    prepare_data(cfg.data)
+    data = load_dataset(cfg.data, cfg.student.clip, folder / "idx", log=lambda _: None)
+    teacher = prepare_teacher(cfg, data, log=lambda _: None)
+    cache = prepare_cache(cfg, data, teacher.path, log=lambda _: None)
+    return cfg, data, teacher.path, cache
+
+
+def test_cache_holds_every_view_and_validation_clip(
+        built: tuple[SpaceConfig, DatasetSplits, Path, Path]) -> None:
+    cfg, data, _, folder = built
+    cache = ClipCache.open(folder)
+    views = cfg.teacher.cache_views
+    clip = cfg.student.clip
+    shape = (3, clip.num_frames, clip.crop_size, clip.crop_size)
+    train = cache.train_clips()
+    assert isinstance(train, np.memmap) and train.dtype == np.uint8
+    assert train.shape == (len(data.train) * views, *shape)
+    assert cache.val_clips().shape == (len(data.val) * cfg.student.val_clips_per_video, *shape)
+    assert cache.teacher_logits().shape == (len(data.train) * views, len(data.classes))
+    assert cache.train_labels.tolist() == [r.label for r in data.train]
+    assert train.max() > 0  # real pixels, not the zeros of an unwritten map
+
+
+def test_kd_loss_from_the_cache_equals_the_online_kd_loss(
+        built: tuple[SpaceConfig, DatasetSplits, Path, Path]) -> None:
+    cfg, data, teacher_path, folder = built
+    cache = ClipCache.open(folder)
+    clips, labels, videos, cached_logits = next(iter(
+        CachedTrainBatches(cache, batch_size=6, seed=0).epoch(1)))
+    rows = [int(r) for r in _rows_of(cache, clips)]
+    # Online: decode the same views again and run the teacher on them.
+    views = _Views(data.train, cfg)
+    online = torch.stack([views[r][0] for r in rows])
+    assert torch.equal(online, clips)
+    assert [r // cache.views for r in rows] == videos.tolist()
+    teacher = load_teacher(teacher_path, torch.device("cpu"))
+    torch.manual_seed(0)
+    student = build_model("tiny3d", len(data.classes), "none", "student").eval()
+    with torch.no_grad():
+        online_logits = teacher(to_model_input(online, torch.device("cpu")))
+        student_logits = student(to_model_input(clips, torch.device("cpu")))
+    assert torch.allclose(online_logits, cached_logits, atol=1e-5)
+    from_cache = kd_loss(student_logits, cached_logits, labels, 0.7, 4.0)
+    from_teacher = kd_loss(student_logits, online_logits, labels, 0.7, 4.0)
+    for a, b in zip(from_cache, from_teacher, strict=True):
+        assert float(a) == pytest.approx(float(b), rel=1e-5, abs=1e-6)
+
+
+def _rows_of(cache: ClipCache, clips: torch.Tensor) -> list[int]:
+    """Which cached rows a batch's clips are (each clip matches exactly one row)."""
+    train = torch.from_numpy(np.asarray(cache.train_clips()))
+    flat = train.reshape(len(train), -1)
+    return [int((flat == clip.reshape(1, -1)).all(1).nonzero()[0, 0]) for clip in clips]
+
+
+def test_an_epoch_shows_every_video_once_in_an_order_fixed_by_seed_and_epoch(
+        built: tuple[SpaceConfig, DatasetSplits, Path, Path]) -> None:
+    cache = ClipCache.open(built[3])
+    batches = CachedTrainBatches(cache, batch_size=5, seed=3)
+
+    def order(epoch: int) -> list[int]:
+        return [int(v) for _, _, videos, _ in batches.epoch(epoch) for v in videos]
+
+    first = order(1)
+    assert sorted(first) == list(range(len(cache.train_labels)))
+    assert order(1) == first and order(2) != first
+    assert len(list(batches.epoch(1))) == len(batches) == -(-len(first) // 5)
+    labels = [int(label) for _, labels, _, _ in batches.epoch(1) for label in labels]
+    assert labels == [int(cache.train_labels[v]) for v in first]
+    val = list(CachedValBatches(cache, batch_size=4))
+    assert sum(len(b[0]) for b in val) == len(cache.val_labels)
+
+
+def test_a_trial_reads_the_cache_without_the_teacher(
+        built: tuple[SpaceConfig, DatasetSplits, Path, Path], tmp_path: Path) -> None:
+    cfg, data, _, folder = built
+    # No teacher file exists: a trial that tried to load it would fail.
+    ctx = TrialContext(cfg, data.classes, str(tmp_path / "no-teacher.pt"), data.train,
+                       data.val, cache=str(folder))
+    reports: list[dict[str, Any]] = []
+    fit(ctx, {"alpha": 0.5, "temperature": 2.0}, lambda m, _: reports.append(m))
+    assert [m["epoch"] for m in reports] == [1, 2]
+    assert all(m["train_kd"] > 0 for m in reports)
+    assert reports[0]["train_loss"] == pytest.approx(
+        0.5 * reports[0]["train_ce"] + 0.5 * reports[0]["train_kd"], rel=1e-4)
+
+
+def test_the_same_settings_reuse_the_cache_and_other_settings_rebuild(
+        built: tuple[SpaceConfig, DatasetSplits, Path, Path]) -> None:
+    cfg, data, teacher_path, folder = built
+    said: list[str] = []
+    assert prepare_cache(cfg, data, teacher_path, log=said.append) == folder
+    assert said == [f"cache: reusing {folder}"]
+    for update in ({"teacher": cfg.teacher.model_copy(update={"cache_views": 2})},
+                   {"student": cfg.student.model_copy(update={"clip": cfg.student.clip.model_copy(
+                       update={"num_frames": 6})})},
+                   {"search": cfg.search.model_copy(update={"seed": 1})}):
+        assert cache_key(cfg.model_copy(update=update), data, teacher_path) != folder.name
+
+
+def test_a_failed_build_leaves_no_cache(built: tuple[SpaceConfig, DatasetSplits, Path, Path],
+                                        tmp_path: Path) -> None:
+    cfg, data, _, _ = built
+    bad = tmp_path / "teacher.pt"
+    bad.write_bytes(b"not a checkpoint")
+    cfg = cfg.model_copy(update={"storage": str(tmp_path / "store")})
+    with pytest.raises(Exception):  # noqa: B017 - whatever torch raises for a corrupt file
+        prepare_cache(cfg, data, bad, log=lambda _: None)
+    assert [p.name for p in (tmp_path / "store" / "cache").iterdir()
+            if not p.name.endswith(".lock")] == []
+
+
+_BUILD = """
+import sys
+from pathlib import Path
+from kdsearch.cache import prepare_cache
+from kdsearch.datasets import load_dataset
+from kdsearch.spacefile import load_space
+folder = Path(sys.argv[1])
+cfg = load_space(folder / "space.yaml", ["storage=store2"], cwd=folder)
+data = load_dataset(cfg.data, cfg.student.clip, folder / "idx", log=lambda _: None)
+prepare_cache(cfg, data, Path(sys.argv[2]), log=print)
+"""
+
+
+def test_concurrent_searches_build_the_cache_once(
+        built: tuple[SpaceConfig, DatasetSplits, Path, Path]) -> None:
+    cfg, _, teacher_path, _ = built
+    folder = Path(cfg.storage).parent
+    procs = [subprocess.Popen([sys.executable, "-c", _BUILD, str(folder), str(teacher_path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    logs = "".join(out for out, _ in outputs)
+    assert logs.count("cache: built in") == 1 and logs.count("cache: reusing") == 1
+    (cache,) = [p for p in (folder / "store2" / "cache").iterdir() if p.is_dir()]
+    assert json.loads((cache / META).read_text())["views"] == cfg.teacher.cache_views
