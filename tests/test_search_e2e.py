@@ -68,6 +68,7 @@ def test_search_records_every_trial_in_mlflow(tmp_path: Path) -> None:
     again = run_cli(tmp_path, "--set", "search.num_samples=1")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "teacher small3d: reusing" in again.stdout
+    assert "cache: reusing" in again.stdout
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     parents = mlflow.search_runs(experiment_names=["tiny"],
                                  filter_string="tags.`kdsearch.role` = 'search'")
@@ -170,6 +171,8 @@ def test_search_over_frame_folders_with_broken_videos(ray_local: None, tmp_path:
     client = MlflowClient(cfg.tracking_uri)
     parent = client.get_run(outcome.parent_run_id)
     assert parent.data.metrics["data_skipped"] == 2
+    cache = Path(parent.data.tags["kdsearch.cache"])
+    assert cache.parent == tmp_path / "kdsearch_results" / "cache" and (cache / "meta.json").is_file()
     table = client.load_table(outcome.experiment_id, "data_issues.json",
                               run_ids=[outcome.parent_run_id])
     assert sorted(table["path"]) == ["train/kick/no_frames", "train/run/one_frame"]
@@ -203,7 +206,8 @@ def test_search_over_an_annotation_list(ray_local: None, tmp_path: Path) -> None
     data = {"format": "annotation_list", "root": "clips", "train_split": "all.csv",
             "val_split": None, "val_fraction": 0.4, "split_seed": 1}
     search = {**TINY_SPACE["search"], "num_samples": 1, "space": {}}
-    path = write_tiny_space(tmp_path, data=data, search=search)
+    teacher = {**TINY_SPACE["teacher"], "cache": False}  # the online path, through Ray
+    path = write_tiny_space(tmp_path, data=data, search=search, teacher=teacher)
     cfg = load_space(path, cwd=tmp_path)
     said: list[str] = []
     outcome = run_search(cfg, path, say=said.append)
@@ -213,8 +217,11 @@ def test_search_over_an_annotation_list(ray_local: None, tmp_path: Path) -> None
     assert val == 4 and train in (6, 7)  # cut.mp4 is used when its start still decodes
     assert any("gone.mp4: no such file" in line for line in said)
     assert (root / ".kdsearch" / "all.csv.parquet").is_file()
-    (run,) = _trial_runs(MlflowClient(cfg.tracking_uri), outcome.experiment_id)
+    client = MlflowClient(cfg.tracking_uri)
+    (run,) = _trial_runs(client, outcome.experiment_id)
     assert run.data.tags["kdsearch.status"] == "completed"
+    assert client.get_run(outcome.parent_run_id).data.tags["kdsearch.cache"] == "off"
+    assert not (tmp_path / "kdsearch_results" / "cache").exists()
 
 
 def test_data_without_a_usable_video_in_a_class_stops_before_anything_starts(
