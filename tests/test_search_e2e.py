@@ -172,7 +172,8 @@ def test_search_over_frame_folders_with_broken_videos(ray_local: None, tmp_path:
     parent = client.get_run(outcome.parent_run_id)
     assert parent.data.metrics["data_skipped"] == 2
     cache = Path(parent.data.tags["kdsearch.cache"])
-    assert cache.parent == tmp_path / "kdsearch_results" / "cache" and (cache / "meta.json").is_file()
+    assert cache.parent == tmp_path / "kdsearch_results" / "cache"
+    assert (cache / "meta.json").is_file()
     table = client.load_table(outcome.experiment_id, "data_issues.json",
                               run_ids=[outcome.parent_run_id])
     assert sorted(table["path"]) == ["train/kick/no_frames", "train/run/one_frame"]
