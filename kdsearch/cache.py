@@ -18,12 +18,14 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 from filelock import FileLock
@@ -56,12 +58,70 @@ def cache_key(cfg: SpaceConfig, data: DatasetSplits, teacher_path: Path) -> str:
 
 
 def prepare_cache(cfg: SpaceConfig, data: DatasetSplits, teacher_path: Path,
-                  log: Log = print) -> Path:
-    """The cache folder for these settings: reused when complete, else built (atomically,
-    by one process while any other waits on the lock)."""
+                  log: Log = print) -> str:
+    """Where the cache for these settings lives, building it if needed.
+
+    The cache root is ``teacher.cache_dir`` (default ``<storage>/cache``): a path every node
+    shares, or a pyarrow filesystem URI (``s3://``, ``gs://``, ...) that the cache is uploaded
+    to and each node copies to its local disk once (:func:`local_cache`).
+    """
     key = cache_key(cfg, data, teacher_path)
-    folder = Path(cfg.storage) / "cache" / key
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    root = cfg.teacher.cache_dir or str(Path(cfg.storage) / "cache")
+    if not is_uri(root):
+        return str(_build_locked(Path(root), key, cfg, data, teacher_path, log))
+    remote = f"{root.rstrip('/')}/{key}"
+    filesystem, path = pafs.FileSystem.from_uri(remote)
+    if filesystem.get_file_info(f"{path}/{META}").type == pafs.FileType.File:
+        log(f"cache: reusing {remote}")
+        return remote
+    local = _build_locked(node_cache_root(), key, cfg, data, teacher_path, log)
+    filesystem.create_dir(path, recursive=True)
+    # Object stores have no rename: the metadata file goes last and marks the upload complete.
+    for item in sorted(local.iterdir(), key=lambda p: p.name == META):
+        pafs.copy_files(str(item), f"{remote}/{item.name}", destination_filesystem=None)
+    log(f"cache: uploaded to {remote}")
+    return remote
+
+
+def is_uri(location: str) -> bool:
+    return "://" in location
+
+
+def node_cache_root() -> Path:
+    """Node-local copies of caches that live in an object store (and builds before upload):
+    ``$KDSEARCH_NODE_CACHE``, else ``<temp dir>/kdsearch-cache``."""
+    default = Path(tempfile.gettempdir()) / "kdsearch-cache"
+    return Path(os.environ.get("KDSEARCH_NODE_CACHE") or default)
+
+
+def local_cache(location: str, local_root: Path | None = None) -> Path:
+    """A local folder holding the cache at ``location``: the folder itself, or for a URI a
+    copy on this node's disk, made once per node (the first trial copies, the others wait)."""
+    if not is_uri(location):
+        return Path(location)
+    key = location.rstrip("/").rsplit("/", 1)[-1]
+    local_root = local_root or node_cache_root()
+    folder = local_root / key
+    local_root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / META).is_file():
+            tmp = folder.with_name(f".{key}.{os.getpid()}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            try:
+                pafs.copy_files(location, str(tmp))
+                os.replace(tmp, folder)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _build_locked(root: Path, key: str, cfg: SpaceConfig, data: DatasetSplits,
+                  teacher_path: Path, log: Log) -> Path:
+    """Reuse ``root/key`` when complete, else build it there: atomically, by one process
+    while any other waits on the lock."""
+    folder = root / key
+    root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
         if (folder / META).is_file():
             log(f"cache: reusing {folder}")
@@ -179,8 +239,9 @@ class ClipCache:
     val_clips_per_video: int
 
     @classmethod
-    def open(cls, folder: str | Path) -> ClipCache:
-        folder = Path(folder)
+    def open(cls, location: str | Path) -> ClipCache:
+        """Open a cache folder, or a cache URI (copied to this node's disk first)."""
+        folder = local_cache(str(location))
         meta = json.loads((folder / META).read_text())
         return cls(folder, meta["views"], np.asarray(meta["train_labels"], dtype=np.int64),
                    np.asarray(meta["val_labels"], dtype=np.int64), meta["val_clips_per_video"])

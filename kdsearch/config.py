@@ -124,6 +124,8 @@ class Teacher(_Model):
     # Decode and run the teacher once per view before the trials (kdsearch.cache).
     cache: bool = True
     cache_views: Annotated[int, Field(ge=1)] = 4
+    # A path every node shares, or a pyarrow filesystem URI; None: <storage>/cache.
+    cache_dir: str | None = None
 
 
 class Student(_Model):

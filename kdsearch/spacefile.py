@@ -129,6 +129,8 @@ def resolve_paths(cfg: SpaceConfig, cwd: Path) -> SpaceConfig:
     teacher, student = cfg.teacher, cfg.student
     if teacher.weights not in PRETRAINED:
         teacher = teacher.model_copy(update={"weights": _absolute(teacher.weights, cwd)})
+    if teacher.cache_dir and "://" not in teacher.cache_dir:
+        teacher = teacher.model_copy(update={"cache_dir": _absolute(teacher.cache_dir, cwd)})
     if student.weights not in PRETRAINED:
         student = student.model_copy(update={"weights": _absolute(student.weights, cwd)})
     uri = cfg.tracking.uri or "sqlite:///mlflow.db"

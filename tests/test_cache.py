@@ -39,7 +39,7 @@ def built(tmp_path_factory: pytest.TempPathFactory
     prepare_data(cfg.data)
     data = load_dataset(cfg.data, cfg.student.clip, folder / "idx", log=lambda _: None)
     teacher = prepare_teacher(cfg, data, log=lambda _: None)
-    cache = prepare_cache(cfg, data, teacher.path, log=lambda _: None)
+    cache = Path(prepare_cache(cfg, data, teacher.path, log=lambda _: None))
     return cfg, data, teacher.path, cache
 
 
@@ -86,7 +86,7 @@ def test_kd_loss_from_the_cache_equals_the_online_kd_loss(
 
 def _rows_of(cache: ClipCache, clips: torch.Tensor) -> list[int]:
     """Which cached rows a batch's clips are (each clip matches exactly one row)."""
-    train = torch.from_numpy(np.asarray(cache.train_clips()))
+    train = torch.from_numpy(np.array(cache.train_clips()))
     flat = train.reshape(len(train), -1)
     return [int((flat == clip.reshape(1, -1)).all(1).nonzero()[0, 0]) for clip in clips]
 
@@ -127,7 +127,7 @@ def test_the_same_settings_reuse_the_cache_and_other_settings_rebuild(
         built: tuple[SpaceConfig, DatasetSplits, Path, Path]) -> None:
     cfg, data, teacher_path, folder = built
     said: list[str] = []
-    assert prepare_cache(cfg, data, teacher_path, log=said.append) == folder
+    assert prepare_cache(cfg, data, teacher_path, log=said.append) == str(folder)
     assert said == [f"cache: reusing {folder}"]
     for update in ({"teacher": cfg.teacher.model_copy(update={"cache_views": 2})},
                    {"student": cfg.student.model_copy(update={"clip": cfg.student.clip.model_copy(
@@ -174,3 +174,29 @@ def test_concurrent_searches_build_the_cache_once(
     assert logs.count("cache: built in") == 1 and logs.count("cache: reusing") == 1
     (cache,) = [p for p in (folder / "store2" / "cache").iterdir() if p.is_dir()]
     assert json.loads((cache / META).read_text())["views"] == cfg.teacher.cache_views
+
+
+def test_a_cache_in_a_filesystem_uri_is_uploaded_once_and_copied_to_each_node(
+        built: tuple[SpaceConfig, DatasetSplits, Path, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg, data, teacher_path, folder = built
+    monkeypatch.setenv("KDSEARCH_NODE_CACHE", str(tmp_path / "driver"))
+    remote_root = f"file://{tmp_path / 'bucket'}"
+    cfg = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(
+        update={"cache_dir": remote_root})})
+    said: list[str] = []
+    location = prepare_cache(cfg, data, teacher_path, log=said.append)
+    assert location == f"{remote_root}/{folder.name}"
+    assert said[-1] == f"cache: uploaded to {location}"
+    uploaded = tmp_path / "bucket" / folder.name
+    assert sorted(p.name for p in uploaded.iterdir()) == sorted(p.name for p in folder.iterdir())
+    assert prepare_cache(cfg, data, teacher_path, log=said.append) == location
+    assert said[-1] == f"cache: reusing {location}"
+    # A trial on another node: the first open copies the cache to local disk, later ones reuse.
+    monkeypatch.setenv("KDSEARCH_NODE_CACHE", str(tmp_path / "node2"))
+    cache = ClipCache.open(location)
+    assert cache.folder == tmp_path / "node2" / folder.name
+    np.testing.assert_array_equal(cache.train_clips(), ClipCache.open(folder).train_clips())
+    mtime = (cache.folder / META).stat().st_mtime_ns
+    assert ClipCache.open(location).folder == cache.folder
+    assert (cache.folder / META).stat().st_mtime_ns == mtime
