@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from kdsearch.config import SpaceConfig
 from kdsearch.data.video import VideoClipDataset, VideoRecord
 from kdsearch.datasets import DatasetSplits
-from kdsearch.engine import autocast, pick_device, to_model_input
+from kdsearch.engine import autocast, pick_device, to_channels_last, to_model_input
 
 CACHE_VERSION = 1
 META = "meta.json"
@@ -163,7 +163,8 @@ def _build(cfg: SpaceConfig, data: DatasetSplits, teacher_path: Path, folder: Pa
 
     start = time.monotonic()
     device = pick_device(cfg.resources.gpus_per_trial)
-    teacher = load_teacher(teacher_path, device)
+    teacher = to_channels_last(load_teacher(teacher_path, device), device,
+                               cfg.student.channels_last)
     views = _Views(data.train, cfg)
     log(f"cache: {len(data.train)} training videos x {views.views} views and "
         f"{len(data.val)} validation videos x {cfg.student.val_clips_per_video} clips")
@@ -216,7 +217,8 @@ def _write_clips(path: Path, dataset: Dataset, cfg: SpaceConfig, log: Log,
         if teacher is not None:
             assert device is not None
             with torch.no_grad(), autocast(device, cfg.student.bf16):
-                batch = teacher(to_model_input(clips, device)).float().cpu().numpy()
+                inputs = to_model_input(clips, device, cfg.student.channels_last)
+                batch = teacher(inputs).float().cpu().numpy()
             if logits is None:
                 logits = np.zeros((n, batch.shape[1]), dtype=np.float32)
             logits[items.numpy()] = batch

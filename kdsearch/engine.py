@@ -74,9 +74,18 @@ ModelT = TypeVar("ModelT", bound=nn.Module)
 
 
 def to_channels_last(model: ModelT, device: torch.device, enabled: bool) -> ModelT:
+    """Channels-last weights on CUDA: 3D convolutions' as ``channels_last_3d``, 2D ones' (a
+    frame-level student) as ``channels_last``; ``Module.to`` would reject the 2D ones."""
     if enabled and device.type == "cuda":
-        return model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+        channels_last_weights(model)
     return model
+
+
+def channels_last_weights(model: nn.Module) -> None:
+    formats = {5: torch.channels_last_3d, 4: torch.channels_last}
+    for param in model.parameters():
+        if param.dim() in formats:
+            param.data = param.data.contiguous(memory_format=formats[param.dim()])
 
 
 def pick_device(gpus: float) -> torch.device:

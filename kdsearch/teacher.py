@@ -20,7 +20,14 @@ import torch
 
 from kdsearch.config import ConfigError, SpaceConfig
 from kdsearch.datasets import DatasetSplits, make_loaders
-from kdsearch.engine import build_model, evaluate, make_optimizer, pick_device, train_one_epoch
+from kdsearch.engine import (
+    build_model,
+    evaluate,
+    make_optimizer,
+    pick_device,
+    to_channels_last,
+    train_one_epoch,
+)
 from kdsearch.models import WeightsError, get_head
 
 TEACHER_FILE = "teacher.pt"
@@ -74,8 +81,10 @@ def _finetune(cfg: SpaceConfig, data: DatasetSplits, log: Callable[[str], None]
     torch.manual_seed(cfg.search.seed)
     torch.set_num_threads(cfg.resources.teacher_cpus)
     device = pick_device(cfg.resources.gpus_per_trial)
+    speed = {"bf16": cfg.student.bf16, "channels_last": cfg.student.channels_last}
     try:
         model = build_model(t.model, len(data.classes), t.weights, "teacher").to(device)
+        to_channels_last(model, device, cfg.student.channels_last)
     except WeightsError as err:  # a file that exists but does not fit: the user's input
         raise ConfigError([f"teacher.weights: {err}"]) from None
     if t.finetune == "head":
@@ -90,12 +99,13 @@ def _finetune(cfg: SpaceConfig, data: DatasetSplits, log: Callable[[str], None]
     metrics: dict[str, Any] = {}
     for epoch in range(1, t.epochs + 1):
         start = time.monotonic()
-        metrics = train_one_epoch(model, train_loader, optimizer, device)
+        metrics = train_one_epoch(model, train_loader, optimizer, device,
+                                  bf16=cfg.student.bf16, channels_last=cfg.student.channels_last)
         schedule.step()
-        metrics.update(evaluate(model, val_loader, device, data.classes))
+        metrics.update(evaluate(model, val_loader, device, data.classes, **speed))
         log(f"teacher {t.model} epoch {epoch}/{t.epochs}: train_loss "
             f"{metrics['train_loss']:.3f} val_acc {metrics['val_acc']:.3f} "
             f"({time.monotonic() - start:.0f}s)")
     if not metrics:
-        metrics = evaluate(model, val_loader, device, data.classes)
+        metrics = evaluate(model, val_loader, device, data.classes, **speed)
     return metrics, {k: v.cpu() for k, v in model.state_dict().items()}

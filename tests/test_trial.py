@@ -102,3 +102,20 @@ def test_teacher_weights_that_do_not_fit_are_a_config_error(context: TrialContex
         update={"weights": str(bad), "epochs": 3})})
     with pytest.raises(ConfigError, match=r"^teacher.weights: .*does not fit model 'small3d'"):
         prepare_teacher(cfg, dataset(cfg), log=lambda _: None)
+
+
+@pytest.mark.parametrize("name", ["resnet18_tsn", "tiny3d", "x3d_xs"])
+def test_channels_last_weights_keep_every_students_output(name: str) -> None:
+    from kdsearch.engine import build_model, channels_last_weights
+
+    torch.manual_seed(0)
+    model = build_model(name, 3, "none", "student").eval()
+    clips = torch.rand(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        before = model(clips)
+        channels_last_weights(model)
+        after = model(clips.contiguous(memory_format=torch.channels_last_3d))
+    convs = [p for p in model.parameters() if p.dim() >= 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last_3d if p.dim() == 5
+                                         else torch.channels_last) for p in convs)
+    assert torch.allclose(before, after, atol=1e-5)
