@@ -162,6 +162,7 @@ def _build(cfg: SpaceConfig, data: DatasetSplits, teacher_path: Path, folder: Pa
     from kdsearch.trial import load_teacher
 
     start = time.monotonic()
+    torch.set_num_threads(cfg.resources.teacher_cpus)  # as the teacher stage, reused or not
     device = pick_device(cfg.resources.gpus_per_trial)
     teacher = to_channels_last(load_teacher(teacher_path, device), device,
                                cfg.student.channels_last)

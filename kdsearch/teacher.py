@@ -44,7 +44,9 @@ class TeacherResult:
 
 
 def teacher_key(cfg: SpaceConfig, data: DatasetSplits) -> str:
-    payload = {"teacher": cfg.teacher.model_dump(), "clip": cfg.student.clip.model_dump(),
+    # The cache settings decide what is done with the teacher, not the teacher itself.
+    teacher = cfg.teacher.model_dump(exclude={"cache", "cache_views", "cache_dir"})
+    payload = {"teacher": teacher, "clip": cfg.student.clip.model_dump(),
                "classes": list(data.classes), "data": data.fingerprint,
                "seed": cfg.search.seed, "val_clips": cfg.student.val_clips_per_video}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -90,6 +90,9 @@ def test_teacher_is_reused_for_the_same_settings_and_data(context: TrialContext)
     other = context.cfg.model_copy(update={"teacher": context.cfg.teacher.model_copy(
         update={"epochs": 2})})
     assert prepare_teacher(other, data, log=lambda _: None).path != again.path
+    cache_only = context.cfg.model_copy(update={"teacher": context.cfg.teacher.model_copy(
+        update={"cache_views": 7, "cache": False})})
+    assert prepare_teacher(cache_only, data, log=lambda _: None).path == again.path
 
 
 def test_teacher_weights_that_do_not_fit_are_a_config_error(context: TrialContext,
