@@ -199,8 +199,10 @@ class Search(_Model):
 
 class Resources(_Model):
     cpus_per_trial: Annotated[float, Field(gt=0)] = 1
-    gpus_per_trial: Annotated[float, Field(ge=0)] = 0
+    gpus_per_trial: Annotated[float, Field(ge=0)] = 0  # fractions pack trials on one GPU
     teacher_cpus: Annotated[int, Field(ge=1)] = 2
+    allow_cpu: bool = False  # GPUs asked of a cluster without any: CPU trials, not an error
+    max_failures: Annotated[int, Field(ge=0)] = 0  # retries of a trial, from its checkpoint
 
 
 class Tracking(_Model):

@@ -1,4 +1,4 @@
-"""``python -m kdsearch.run SPACE.yaml [--set dotted.key=value ...] [--dry-run]``."""
+"""``python -m kdsearch.run SPACE.yaml [--set dotted.key=value ...] [--dry-run] [--resume]``."""
 
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         metavar="KEY=VALUE", help="override a setting, e.g. search.num_samples=4")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate, print the resolved configuration, start nothing")
+    parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="SEARCH",
+                        help="continue the latest unfinished search of this experiment in "
+                             "storage (or the named one) instead of starting a new one")
     parser.add_argument("--address", default=None,
                         help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     return parser.parse_args(argv)
@@ -92,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kdsearch.search import run_search
 
     try:
-        outcome = run_search(cfg, args.space.resolve(), address=args.address)
+        outcome = run_search(cfg, args.space.resolve(), address=args.address,
+                             resume=args.resume)
     except ConfigError as err:
         for problem in err.problems:
             print(f"error: {problem}", file=sys.stderr)

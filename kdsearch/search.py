@@ -17,20 +17,31 @@ from ray import tune
 
 from kdsearch.cache import prepare_cache
 from kdsearch.config import ConfigError, SpaceConfig
-from kdsearch.datasets import load_dataset, prepare_data
+from kdsearch.datasets import DatasetSplits, load_dataset, prepare_data
 from kdsearch.progress import Progress
+from kdsearch.resume import (
+    SearchRecord,
+    mark_finished,
+    new_search_name,
+    search_to_resume,
+    searches_root,
+    unfinished_searches,
+    write_record,
+)
 from kdsearch.searcher import make_searcher
-from kdsearch.teacher import prepare_teacher
+from kdsearch.teacher import TeacherResult, prepare_teacher
 from kdsearch.tracking import (
     ROLE,
     STATUS,
     MLflowTrials,
+    close_open_runs,
     fixed_params,
     log_data,
     log_evaluation,
     log_metrics,
     log_params,
     start_child,
+    trial_runs,
 )
 from kdsearch.trainable import make_trainable
 from kdsearch.trial import TrialContext
@@ -57,8 +68,12 @@ class SearchOutcome:
     interrupted: bool  # stopped (Ctrl-C) before every trial finished
 
 
-def init_ray(cfg: SpaceConfig, address: str | None) -> None:
-    """Join the cluster at ``address``/RAY_ADDRESS, else start a local Ray on loopback."""
+def init_ray(cfg: SpaceConfig, address: str | None, say: Any = print) -> SpaceConfig:
+    """Join the cluster at ``address``/RAY_ADDRESS, else start a local Ray on loopback.
+
+    Returns the configuration trials run with: GPUs asked of a cluster without any are an
+    error, or with ``resources.allow_cpu`` a warning and CPU trials.
+    """
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # The legacy reporter honours verbose=0; kdsearch draws its own progress line.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -72,9 +87,17 @@ def init_ray(cfg: SpaceConfig, address: str | None) -> None:
     else:
         ray.init(include_dashboard=False, dashboard_host="127.0.0.1", **kwargs)
     gpus = ray.cluster_resources().get("GPU", 0)
-    if cfg.resources.gpus_per_trial > 0 and gpus == 0:
-        raise ConfigError([f"resources.gpus_per_trial: {cfg.resources.gpus_per_trial} asks for "
-                           "GPUs but the Ray cluster has none; set it to 0 to train on CPUs"])
+    wanted = cfg.resources.gpus_per_trial
+    if wanted > 0 and gpus == 0:
+        if not cfg.resources.allow_cpu:
+            raise ConfigError([f"resources.gpus_per_trial: {wanted} asks for GPUs but the Ray "
+                               "cluster has none; set it to 0, or resources.allow_cpu: true "
+                               "to train on CPUs"])
+        say(f"warning: resources.gpus_per_trial is {wanted} but the Ray cluster has no GPU; "
+            "trials run on CPUs (resources.allow_cpu)")
+        return cfg.model_copy(update={"resources": cfg.resources.model_copy(
+            update={"gpus_per_trial": 0})})
+    return cfg
 
 
 def _artifact_root(cfg: SpaceConfig) -> str | None:
@@ -114,31 +137,37 @@ def _scheduler(cfg: SpaceConfig) -> Any:
         reduction_factor=sched.reduction_factor)
 
 
-def _tune(cfg: SpaceConfig, ctx: TrialContext, callbacks: list[Any]) -> tune.ResultGrid:
+def _tuner(cfg: SpaceConfig, ctx: TrialContext, name: str, callbacks: list[Any],
+           resume: bool) -> tune.Tuner:
+    """A new Tuner for search ``name``, or the one saved there, restored (searcher state,
+    finished trials and the trials' last checkpoints included)."""
+    trainable = make_trainable(ctx)
+    if resume:
+        return tune.Tuner.restore(str(searches_root(cfg) / name), trainable,
+                                  resume_unfinished=True, resume_errored=True)
     searcher = make_searcher(cfg.search, cfg.student.epochs) if cfg.search.space else None
-    tuner = tune.Tuner(
-        make_trainable(ctx),
+    return tune.Tuner(
+        trainable,
         tune_config=tune.TuneConfig(
             metric=cfg.search.metric, mode=cfg.search.mode, search_alg=searcher,
             scheduler=_scheduler(cfg), num_samples=cfg.search.num_samples,
             max_concurrent_trials=cfg.search.max_concurrent),
         run_config=tune.RunConfig(
-            name=f"{cfg.experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=str(Path(cfg.storage) / "ray"), callbacks=callbacks, verbose=0,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+            name=name, storage_path=str(searches_root(cfg)), callbacks=callbacks, verbose=0,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures)),
     )
-    return tuner.fit()
 
 
-def _rows(results: tune.ResultGrid, trials: MLflowTrials, cfg: SpaceConfig) -> list[TrialRow]:
+def _rows(results: tune.ResultGrid, runs: dict[str, tuple[str, str]], cfg: SpaceConfig
+          ) -> list[TrialRow]:
     rows = []
     for result in (results[i] for i in range(len(results))):
         metrics = result.metrics or {}
         trial_id = str(metrics.get("trial_id") or Path(result.path).name)
         epochs = int(metrics.get("epoch", 0))
-        # The callback saw how each trial ended; one it never saw end was interrupted.
-        status = trials.status.get(trial_id, "interrupted")
-        rows.append(TrialRow(trial_id, trials.runs.get(trial_id), status, epochs,
+        run_id, status = runs.get(trial_id, (None, "interrupted"))
+        rows.append(TrialRow(trial_id, run_id, status, epochs,
                              metrics.get(cfg.search.metric), dict(result.config or {})))
     sign = -1 if cfg.search.mode == "max" else 1
     return sorted(rows, key=lambda r: (r.status != "completed", r.value is None,
@@ -150,42 +179,50 @@ def _say(message: str) -> None:
 
 
 def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
-               say: Any = None) -> SearchOutcome:
+               say: Any = None, resume: str | None = None) -> SearchOutcome:
+    """Run a search; ``resume`` ("latest" or a search's name) continues an unfinished one."""
     say = say or _say
     start = time.monotonic()
+    prior = search_to_resume(cfg, resume) if resume else None
+    if prior is None:
+        _mention_unfinished(cfg, say)
     prepare_data(cfg.data)
     data = load_dataset(cfg.data, cfg.student.clip, Path(cfg.storage) / "indexes", log=say)
-    init_ray(cfg, address)
+    cfg = init_ray(cfg, address, say)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no table-migration chatter
     mlflow.set_tracking_uri(cfg.tracking_uri)
     client = MlflowClient(cfg.tracking_uri)
-    experiment_id, parent_id = _start_parent(client, cfg, space_path)
+    if prior is None:
+        experiment_id, parent_id = _start_parent(client, cfg, space_path)
+        record = SearchRecord(new_search_name(cfg), cfg.experiment.name, experiment_id,
+                              parent_id, time.time(), False, cfg.model_dump(mode="json"))
+    else:
+        record = prior
+        experiment_id, parent_id = prior.experiment_id, prior.parent_run_id
+        client.update_run(parent_id, status="RUNNING")
+        client.set_tag(parent_id, STATUS, "running")
+        say(f"resuming search {prior.name} (started {prior.when}, MLflow run {parent_id})")
     try:
-        log_data(client, parent_id, data)
-        teacher = prepare_teacher(cfg, data, log=say)
-        teacher_run = start_child(client, experiment_id, parent_id, f"teacher-{cfg.teacher.model}",
-                                  {ROLE: "teacher", "kdsearch.teacher.reused": str(teacher.reused),
-                                   "kdsearch.teacher.path": str(teacher.path)})
-        log_params(client, teacher_run, {**cfg.teacher.model_dump(),
-                                         **fixed_params(cfg, data.classes)})
-        log_evaluation(client, teacher_run, teacher.metrics, data.classes)
-        client.set_terminated(teacher_run)
-        log_metrics(client, parent_id, {f"teacher_{k}": v for k, v in teacher.metrics.items()
-                                        if k.startswith("val")})
+        teacher = _teacher_stage(cfg, data, client, experiment_id, parent_id, say,
+                                 first=prior is None)
         cache = prepare_cache(cfg, data, teacher.path, log=say) if cfg.teacher.cache else None
         client.set_tag(parent_id, "kdsearch.cache", str(cache or "off"))
         ctx = TrialContext(cfg, data.classes, str(teacher.path), data.train, data.val,
                            None if cache is None else str(cache))
-        mlflow_cb = MLflowTrials(client, experiment_id, parent_id, cfg, data.classes)
-        progress = Progress(cfg.search.metric, cfg.search.mode, cfg.student.epochs,
-                            cfg.search.num_samples)
-        say(f"search: {cfg.search.num_samples} trials, {cfg.search.max_concurrent} at a time")
-        results = _tune(cfg, ctx, [mlflow_cb, progress])
-        mlflow_cb.close_open_runs()
-        rows = _rows(results, mlflow_cb, cfg)
+        callbacks = [MLflowTrials(client, experiment_id, parent_id, cfg, data.classes),
+                     Progress(cfg.search.metric, cfg.search.mode, cfg.student.epochs,
+                              cfg.search.num_samples)]
+        write_record(cfg, record)
+        say(f"search: {cfg.search.num_samples} trials, {cfg.search.max_concurrent} at a time "
+            f"({searches_root(cfg) / record.name})")
+        results = _tuner(cfg, ctx, record.name, callbacks, resume=prior is not None).fit()
+        close_open_runs(client, experiment_id, parent_id)
+        rows = _rows(results, trial_runs(client, experiment_id, parent_id), cfg)
         best = next((r for r in rows if r.status == "completed"), None)
         interrupted = sum(r.status != "interrupted" for r in rows) < cfg.search.num_samples
         _finish_parent(client, parent_id, cfg, best, interrupted)
+        if not interrupted:
+            mark_finished(cfg, record)
     except BaseException as err:
         interrupted = isinstance(err, KeyboardInterrupt)
         client.set_tag(parent_id, STATUS, "interrupted" if interrupted else "failed")
@@ -195,17 +232,46 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
                          time.monotonic() - start, interrupted)
 
 
+def _mention_unfinished(cfg: SpaceConfig, say: Any) -> None:
+    unfinished = unfinished_searches(cfg)
+    if unfinished:
+        latest = unfinished[0]
+        say(f"note: search {latest.name} of this experiment (started {latest.when}) did not "
+            "finish; this is a new search. To continue that one instead: python -m "
+            "kdsearch.run SPACE.yaml --resume")
+
+
+def _teacher_stage(cfg: SpaceConfig, data: DatasetSplits, client: MlflowClient,
+                   experiment_id: str, parent_id: str, say: Any, first: bool) -> TeacherResult:
+    """Fine-tune (or reuse) the teacher; a first start records it, a resume already has."""
+    teacher = prepare_teacher(cfg, data, log=say)
+    if not first:
+        return teacher
+    log_data(client, parent_id, data)
+    teacher_run = start_child(client, experiment_id, parent_id, f"teacher-{cfg.teacher.model}",
+                              {ROLE: "teacher", "kdsearch.teacher.reused": str(teacher.reused),
+                               "kdsearch.teacher.path": str(teacher.path)})
+    log_params(client, teacher_run, {**cfg.teacher.model_dump(),
+                                     **fixed_params(cfg, data.classes)})
+    log_evaluation(client, teacher_run, teacher.metrics, data.classes)
+    client.set_terminated(teacher_run)
+    log_metrics(client, parent_id, {f"teacher_{k}": v for k, v in teacher.metrics.items()
+                                    if k.startswith("val")})
+    return teacher
+
+
 def _finish_parent(client: MlflowClient, parent_id: str, cfg: SpaceConfig,
                    best: TrialRow | None, interrupted: bool) -> None:
+    if best is not None and best.run_id:
+        client.set_tag(parent_id, "kdsearch.best_run_id", best.run_id)
+    if interrupted:
+        # Params are write-once in MLflow: the best.* params wait for the resumed search.
+        client.set_tag(parent_id, STATUS, "interrupted")
+        client.set_terminated(parent_id, "KILLED")
+        return
     if best is not None:
         log_params(client, parent_id, {f"best.{k}": v for k, v in best.config.items()})
         if best.value is not None:
             log_metrics(client, parent_id, {f"best_{cfg.search.metric}": best.value})
-        if best.run_id:
-            client.set_tag(parent_id, "kdsearch.best_run_id", best.run_id)
-    if interrupted:
-        client.set_tag(parent_id, STATUS, "interrupted")
-        client.set_terminated(parent_id, "KILLED")
-        return
     client.set_tag(parent_id, STATUS, "completed" if best else "failed")
     client.set_terminated(parent_id, "FINISHED" if best else "FAILED")

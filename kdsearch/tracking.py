@@ -95,7 +95,12 @@ def start_child(client: MlflowClient, experiment_id: str, parent_id: str, name: 
 
 
 class MLflowTrials(Callback):
-    """Tune callback (driver side) that mirrors every trial into a nested MLflow run."""
+    """Tune callback (driver side) that mirrors every trial into a nested MLflow run.
+
+    Exactly one run per trial, also across a resume after a driver crash: a trial's run is
+    found again by its ``kdsearch.trial_id`` tag, reopened, and epochs it already logged are
+    not logged twice.
+    """
 
     def __init__(self, client: MlflowClient, experiment_id: str, parent_id: str,
                  cfg: SpaceConfig, classes: tuple[str, ...]) -> None:
@@ -103,10 +108,29 @@ class MLflowTrials(Callback):
         self.cfg, self.classes = cfg, classes
         self.runs: dict[str, str] = {}
         self.status: dict[str, str] = {}
+        self.logged: dict[str, int] = {}  # trial id -> last epoch logged
         self.max_t = cfg.student.epochs
 
+    def get_state(self) -> dict[str, Any]:
+        # Saved with Tune's experiment snapshots; MLflow itself stays the source of truth.
+        return {"runs": dict(self.runs), "status": dict(self.status),
+                "logged": dict(self.logged)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.runs, self.status = dict(state["runs"]), dict(state["status"])
+        self.logged = dict(state.get("logged", {}))
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if trial.trial_id in self.runs:
+        self.status.pop(trial.trial_id, None)  # a resumed or retried trial runs again
+        run_id = self.runs.get(trial.trial_id) or self._find_run(trial.trial_id)
+        if run_id is not None:
+            # Resumed or retried: the run holds the epochs logged before, maybe more than the
+            # checkpoint the trial restarts from (they are not logged again).
+            self.runs[trial.trial_id] = run_id
+            history = self.client.get_metric_history(run_id, "val_loss")
+            self.logged[trial.trial_id] = max((m.step for m in history), default=0)
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, STATUS, "running")
             return
         run_id = start_child(self.client, self.experiment_id, self.parent_id,
                              f"trial-{trial.trial_id}",
@@ -117,12 +141,23 @@ class MLflowTrials(Callback):
         params = {**vars(settings), **fixed_params(self.cfg, self.classes)}
         log_params(self.client, run_id, params)
 
+    def _find_run(self, trial_id: str) -> str | None:
+        """The run of ``trial_id`` created before a driver crash (after the last snapshot of
+        this callback's state), if any."""
+        found = self.client.search_runs(
+            [self.experiment_id], f"tags.`{PARENT}` = '{self.parent_id}' and "
+            f"tags.`kdsearch.trial_id` = '{trial_id}'", max_results=1)
+        return str(found[0].info.run_id) if found else None
+
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
         run_id = self.runs.get(trial.trial_id)
-        if run_id is not None:
-            metrics = {k: v for k, v in result.items() if _is_metric(k)}
-            log_metrics(self.client, run_id, metrics, step=int(result.get("epoch", 0)))
+        epoch = int(result.get("epoch", 0))
+        if run_id is None or epoch <= self.logged.get(trial.trial_id, 0):
+            return  # an epoch re-run after a resume from an older checkpoint: logged already
+        metrics = {k: v for k, v in result.items() if _is_metric(k)}
+        log_metrics(self.client, run_id, metrics, step=epoch)
+        self.logged[trial.trial_id] = epoch
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         epochs = int((trial.last_result or {}).get("epoch", 0))
@@ -130,15 +165,6 @@ class MLflowTrials(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, "failed", error=error_message(trial))
-
-    def close_open_runs(self) -> None:
-        """Mark trials that never finished (the search was stopped) ``interrupted``, so no
-        run stays RUNNING forever in the UI."""
-        for trial_id, run_id in self.runs.items():
-            if trial_id not in self.status:
-                self.status[trial_id] = "interrupted"
-                self.client.set_tag(run_id, STATUS, "interrupted")
-                self.client.set_terminated(run_id, "KILLED")
 
     def _finish(self, trial: Any, status: str, error: str | None = None) -> None:
         run_id = self.runs.get(trial.trial_id)
@@ -153,6 +179,24 @@ class MLflowTrials(Callback):
         if last.get(CONFUSION) is not None:  # the last epoch's, like the reported metric
             log_confusion(self.client, run_id, last[CONFUSION], self.classes)
         self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
+
+
+def trial_runs(client: MlflowClient, experiment_id: str, parent_id: str
+               ) -> dict[str, tuple[str, str]]:
+    """trial id -> (run id, kdsearch.status) of every trial run of a search, from MLflow."""
+    runs = client.search_runs([experiment_id], f"tags.`{PARENT}` = '{parent_id}' and "
+                              f"tags.`{ROLE}` = 'trial'", max_results=50000)
+    return {r.data.tags["kdsearch.trial_id"]: (r.info.run_id, r.data.tags.get(STATUS, ""))
+            for r in runs}
+
+
+def close_open_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> None:
+    """Mark trials that never finished (the search was stopped) ``interrupted``, so no run
+    stays RUNNING forever in the UI."""
+    for run_id, status in trial_runs(client, experiment_id, parent_id).values():
+        if status == "running":
+            client.set_tag(run_id, STATUS, "interrupted")
+            client.set_terminated(run_id, "KILLED")
 
 
 def error_message(trial: Any) -> str:

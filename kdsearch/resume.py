@@ -1,0 +1,89 @@
+"""Which searches exist in ``storage``, which are unfinished, and the one to resume.
+
+Every search writes ``kdsearch_search.json`` into its own Tune experiment folder
+(``<storage>/ray/<experiment>-<time>/``) before its first trial, and marks it finished at
+the end. A search killed on the way (a crashed driver, a lost head node, Ctrl-C) stays
+unfinished, and ``python -m kdsearch.run SPACE.yaml --resume`` continues it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from kdsearch.config import ConfigError, SpaceConfig
+
+RECORD = "kdsearch_search.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchRecord:
+    name: str  # the Tune experiment folder's name
+    experiment: str
+    experiment_id: str
+    parent_run_id: str
+    started: float
+    finished: bool
+    config: dict[str, Any]  # the resolved space file the search started with
+
+    @property
+    def when(self) -> str:
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(self.started))
+
+
+def searches_root(cfg: SpaceConfig) -> Path:
+    return Path(cfg.storage) / "ray"
+
+
+def new_search_name(cfg: SpaceConfig) -> str:
+    return f"{cfg.experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def write_record(cfg: SpaceConfig, record: SearchRecord) -> None:
+    folder = searches_root(cfg) / record.name
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{RECORD}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(dataclasses.asdict(record), indent=1))
+    os.replace(tmp, folder / RECORD)
+
+
+def mark_finished(cfg: SpaceConfig, record: SearchRecord) -> None:
+    write_record(cfg, dataclasses.replace(record, finished=True))
+
+
+def unfinished_searches(cfg: SpaceConfig) -> list[SearchRecord]:
+    """Unfinished searches of this experiment, newest first."""
+    found = []
+    root = searches_root(cfg)
+    for path in root.glob(f"*/{RECORD}") if root.is_dir() else []:
+        try:
+            record = SearchRecord(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            continue  # not a record kdsearch can read: never resumed
+        if record.experiment == cfg.experiment.name and not record.finished:
+            found.append(record)
+    return sorted(found, key=lambda r: r.started, reverse=True)
+
+
+def search_to_resume(cfg: SpaceConfig, which: str) -> SearchRecord:
+    """``which`` is "latest" or a search folder's name; a clear error when there is none."""
+    candidates = unfinished_searches(cfg)
+    root = searches_root(cfg)
+    if which != "latest":
+        candidates = [r for r in candidates if r.name == which]
+    if not candidates:
+        what = "search" if which == "latest" else f"search named {which!r}"
+        raise ConfigError([f"--resume: no unfinished {what} of experiment "
+                           f"{cfg.experiment.name!r} in {root}"])
+    record = candidates[0]
+    if record.config != cfg.model_dump(mode="json"):
+        changed = sorted(k for k in record.config
+                         if record.config[k] != cfg.model_dump(mode="json").get(k))
+        raise ConfigError([f"--resume: the space file differs from the one search "
+                           f"{record.name} started with (sections: {', '.join(changed)}); "
+                           "resume with the same file and --set options"])
+    return record
