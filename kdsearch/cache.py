@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,10 +30,12 @@ import torch
 from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset
 
+from kdsearch import storage
 from kdsearch.config import SpaceConfig
 from kdsearch.data.video import VideoClipDataset, VideoRecord
 from kdsearch.datasets import DatasetSplits
 from kdsearch.engine import autocast, pick_device, to_channels_last, to_model_input
+from kdsearch.storage import is_uri
 
 CACHE_VERSION = 1
 META = "meta.json"
@@ -46,78 +47,69 @@ Log = Callable[[str], None]
 Batch = tuple[torch.Tensor, ...]
 
 
-def cache_key(cfg: SpaceConfig, data: DatasetSplits, teacher_path: Path) -> str:
+def cache_key(cfg: SpaceConfig, data: DatasetSplits, teacher_path: Path | str) -> str:
     """Everything that changes the cache's content: the videos used, the teacher file, the
     clip shape, the views and the seed."""
-    stat = teacher_path.stat()
+    if is_uri(str(teacher_path)):
+        size, mtime_ns = storage.stat(teacher_path)
+    else:
+        stat = Path(teacher_path).stat()
+        size, mtime_ns = stat.st_size, stat.st_mtime_ns
     payload = {"version": CACHE_VERSION, "data": data.fingerprint,
-               "teacher": [str(teacher_path), stat.st_size, stat.st_mtime_ns],
+               "teacher": [storage.redact(teacher_path), size, mtime_ns],
                "clip": cfg.student.clip.model_dump(), "views": cfg.teacher.cache_views,
                "val_clips": cfg.student.val_clips_per_video, "seed": cfg.search.seed}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def prepare_cache(cfg: SpaceConfig, data: DatasetSplits, teacher_path: Path,
+def prepare_cache(cfg: SpaceConfig, data: DatasetSplits, teacher_path: Path | str,
                   log: Log = print) -> str:
     """Where the cache for these settings lives, building it if needed.
 
     The cache root is ``teacher.cache_dir`` (default ``<storage>/cache``): a path every node
     shares, or a pyarrow filesystem URI (``s3://``, ``gs://``, ...) that the cache is uploaded
-    to and each node copies to its local disk once (:func:`local_cache`).
+    to and each node copies to its local disk once (:func:`local_cache`). With a ``storage``
+    URI the default root is that URI's ``cache`` folder.
     """
     key = cache_key(cfg, data, teacher_path)
-    root = cfg.teacher.cache_dir or str(Path(cfg.storage) / "cache")
+    root = cfg.teacher.cache_dir or storage.join(cfg.storage, "cache")
     if not is_uri(root):
         return str(_build_locked(Path(root), key, cfg, data, teacher_path, log))
-    remote = f"{root.rstrip('/')}/{key}"
-    filesystem, path = pafs.FileSystem.from_uri(remote)
+    remote = storage.join(root, key)
+    filesystem, path = storage.filesystem(remote)
     if filesystem.get_file_info(f"{path}/{META}").type == pafs.FileType.File:
-        log(f"cache: reusing {remote}")
+        log(f"cache: reusing {storage.redact(remote)}")
         return remote
     local = _build_locked(node_cache_root(), key, cfg, data, teacher_path, log)
     filesystem.create_dir(path, recursive=True)
     # Object stores have no rename: the metadata file goes last and marks the upload complete.
     for item in sorted(local.iterdir(), key=lambda p: p.name == META):
-        pafs.copy_files(str(item), f"{remote}/{item.name}", destination_filesystem=None)
-    log(f"cache: uploaded to {remote}")
+        pafs.copy_files(str(item), f"{path}/{item.name}",
+                        source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=filesystem, use_threads=True)
+    storage.register_copy(remote, local)  # this node's trials need not download it again
+    log(f"cache: uploaded to {storage.redact(remote)}")
     return remote
-
-
-def is_uri(location: str) -> bool:
-    return "://" in location
 
 
 def node_cache_root() -> Path:
     """Node-local copies of caches that live in an object store (and builds before upload):
     ``$KDSEARCH_NODE_CACHE``, else ``<temp dir>/kdsearch-cache``."""
-    default = Path(tempfile.gettempdir()) / "kdsearch-cache"
-    return Path(os.environ.get("KDSEARCH_NODE_CACHE") or default)
+    return storage.node_local_root()
 
 
 def local_cache(location: str, local_root: Path | None = None) -> Path:
     """A local folder holding the cache at ``location``: the folder itself, or for a URI a
-    copy on this node's disk, made once per node (the first trial copies, the others wait)."""
+    copy on this node's disk, made once per node (the first trial copies, the others wait;
+    see kdsearch.storage.copy_to_local)."""
     if not is_uri(location):
         return Path(location)
-    key = location.rstrip("/").rsplit("/", 1)[-1]
-    local_root = local_root or node_cache_root()
-    folder = local_root / key
-    local_root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder) + ".lock"):
-        if not (folder / META).is_file():
-            tmp = folder.with_name(f".{key}.{os.getpid()}.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-            try:
-                pafs.copy_files(location, str(tmp))
-                os.replace(tmp, folder)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    return storage.copy_to_local(location, local_root or node_cache_root(),
+                                 local_name=storage.name(location))
 
 
 def _build_locked(root: Path, key: str, cfg: SpaceConfig, data: DatasetSplits,
-                  teacher_path: Path, log: Log) -> Path:
+                  teacher_path: Path | str, log: Log) -> Path:
     """Reuse ``root/key`` when complete, else build it there: atomically, by one process
     while any other waits on the lock."""
     folder = root / key
@@ -157,7 +149,7 @@ class _Views(Dataset[tuple[torch.Tensor, int]]):
         return self.clips.clip(video, start, rng), item
 
 
-def _build(cfg: SpaceConfig, data: DatasetSplits, teacher_path: Path, folder: Path,
+def _build(cfg: SpaceConfig, data: DatasetSplits, teacher_path: Path | str, folder: Path,
            log: Log) -> None:
     from kdsearch.trial import load_teacher
 
@@ -184,7 +176,7 @@ def _build(cfg: SpaceConfig, data: DatasetSplits, teacher_path: Path, folder: Pa
     meta = {"version": CACHE_VERSION, "views": views.views, "classes": list(data.classes),
             "train_labels": [r.label for r in data.train],
             "val_clips_per_video": cfg.student.val_clips_per_video,
-            "val_labels": [r.label for r in data.val], "teacher": str(teacher_path),
+            "val_labels": [r.label for r in data.val], "teacher": storage.redact(teacher_path),
             "seconds": time.monotonic() - start}
     (folder / META).write_text(json.dumps(meta))
     log(f"cache: built in {time.monotonic() - start:.0f}s")

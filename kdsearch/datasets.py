@@ -18,11 +18,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from kdsearch import storage
 from kdsearch.config import Clip, ConfigError, Data
 from kdsearch.data.index import IndexRow, index_path, index_split
 from kdsearch.data.layouts import Listing, list_split, stratified_split
 from kdsearch.data.synthetic import generate_synthetic
 from kdsearch.data.video import VideoClipDataset, VideoRecord
+from kdsearch.storage import is_uri
 
 # Clips leave the loader as uint8 RGB; each model normalises its own input (after
 # engine.to_model_input), so one clip can feed a teacher and a student trained with different
@@ -58,7 +60,13 @@ class DatasetSplits:
 
 
 def prepare_data(data: Data) -> Path:
-    """Make sure the dataset exists on disk (generating the synthetic one if asked)."""
+    """Make sure the dataset exists on disk (generating the synthetic one if asked, copying
+    one in an object store to this node's disk); the local folder holding it."""
+    if is_uri(data.root):
+        if data.format == "synthetic":
+            raise ConfigError([f"data.root: {storage.redact(data.root)!r} is a URI, but format "
+                               "synthetic generates its videos on local disk; use a local path"])
+        return data_root(data)
     root = Path(data.root)
     if data.format == "synthetic":
         s = data.synthetic
@@ -68,9 +76,44 @@ def prepare_data(data: Data) -> Path:
     return root
 
 
-def list_splits(data: Data) -> tuple[Listing, Listing | None]:
-    """The training listing and, when the data has a validation split, its listing."""
-    root = Path(data.root)
+def data_root(data: Data) -> Path:
+    """The local folder of ``data.root``: the folder itself, or for a URI (``s3://...``) a
+    copy on this node's disk, made once per node and reused while the remote is unchanged
+    (see kdsearch.storage.copy_to_local; file times are kept, so the fingerprint of the data
+    and the teacher's key are the same for every copy)."""
+    if not is_uri(data.root):
+        return Path(data.root)
+    try:
+        root = storage.copy_to_local(data.root)
+    except OSError as err:  # missing, unreadable, no credentials
+        raise ConfigError([f"data.root: {storage.redact(data.root)!r} cannot be copied to "
+                           f"local disk: {err}"]) from None
+    if not root.is_dir():
+        raise ConfigError([f"data.root: {storage.redact(data.root)!r} is a file, not a folder"])
+    return root
+
+
+def local_records(data: Data, records: Sequence[VideoRecord]) -> tuple[VideoRecord, ...]:
+    """``records`` (as the driver indexed them) pointing into this node's copy of a
+    ``data.root`` URI, copying it first if this node has none; unchanged for a local root."""
+    if not is_uri(data.root):
+        return tuple(records)
+    root = data_root(data)
+    out = []
+    for record in records:
+        parts = record.path.parts
+        if record.path.is_relative_to(root) or root.name not in parts:
+            out.append(record)
+            continue
+        relative = parts[parts.index(root.name) + 1:]
+        out.append(dataclasses.replace(record, path=root.joinpath(*relative)))
+    return tuple(out)
+
+
+def list_splits(data: Data, root: Path | None = None) -> tuple[Listing, Listing | None]:
+    """The training listing and, when the data has a validation split, its listing
+    (``root``: the local folder of the data, default :func:`data_root`)."""
+    root = root or data_root(data)
     fmt = "video_folder" if data.format == "synthetic" else data.format
     train = list_split(root, fmt, data.train_split, data.classes)
     if data.val_split is None:
@@ -81,9 +124,10 @@ def list_splits(data: Data) -> tuple[Listing, Listing | None]:
 def load_dataset(data: Data, clip: Clip, index_fallback: Path, log: Log = print
                  ) -> DatasetSplits:
     """Index both splits, leave unusable videos out (reporting them through ``log``), and
-    check that every class keeps some."""
-    root = Path(data.root)
-    train_listing, val_listing = list_splits(data)
+    check that every class keeps some. A ``data.root`` URI is copied to this node's disk
+    first; the records point into that copy."""
+    root = data_root(data)
+    train_listing, val_listing = list_splits(data, root)
     index = {"frame_rate": data.frame_rate, "log": log}
 
     def rows_of(listing: Listing) -> list[IndexRow]:
@@ -103,7 +147,8 @@ def load_dataset(data: Data, clip: Clip, index_fallback: Path, log: Log = print
     val, val_issues = _usable(root, "val", val_rows, need, data.short_videos)
     classes = train_listing.classes
     splits = DatasetSplits(classes, tuple(train), tuple(val), tuple(train_issues + val_issues),
-                           _fingerprint(classes, train_rows, val_rows, train, val))
+                           _fingerprint(classes, train_rows, val_rows, train, val,
+                                        root if is_uri(data.root) else None))
     for line in summarize(splits):  # before the check: its error points at these reasons
         log(line)
     _check_classes(classes, {"train": train, "val": val}, train_issues + val_issues)
@@ -159,8 +204,11 @@ def _check_classes(classes: Sequence[str], splits: dict[str, list[VideoRecord]],
 
 
 def _fingerprint(classes: Sequence[str], train_rows: list[IndexRow], val_rows: list[IndexRow],
-                 train: list[VideoRecord], val: list[VideoRecord]) -> str:
-    used = {str(r.path) for r in (*train, *val)}
+                 train: list[VideoRecord], val: list[VideoRecord],
+                 copy_root: Path | None = None) -> str:
+    """``copy_root``: the node-local copy of a ``data.root`` URI, whose place on disk differs
+    between nodes; paths inside it count relative to it."""
+    used = {str(r.path.relative_to(copy_root) if copy_root else r.path) for r in (*train, *val)}
     rows = [(split, r.path, r.label, r.size, r.mtime_ns, r.num_frames)
             for split, part in (("train", train_rows), ("val", val_rows)) for r in part]
     payload = {"classes": list(classes), "used": sorted(used), "rows": rows}

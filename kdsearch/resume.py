@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
-from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
+
+from kdsearch import storage
 from kdsearch.config import ConfigError, SpaceConfig
 
 RECORD = "kdsearch_search.json"
@@ -35,8 +36,9 @@ class SearchRecord:
         return time.strftime("%Y-%m-%d %H:%M", time.localtime(self.started))
 
 
-def searches_root(cfg: SpaceConfig) -> Path:
-    return Path(cfg.storage) / "ray"
+def searches_root(cfg: SpaceConfig) -> str:
+    """Where Tune keeps this search's experiment folders: a path or a URI."""
+    return storage.join(cfg.storage, "ray")
 
 
 def new_search_name(cfg: SpaceConfig) -> str:
@@ -44,11 +46,8 @@ def new_search_name(cfg: SpaceConfig) -> str:
 
 
 def write_record(cfg: SpaceConfig, record: SearchRecord) -> None:
-    folder = searches_root(cfg) / record.name
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{RECORD}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(dataclasses.asdict(record), indent=1))
-    os.replace(tmp, folder / RECORD)
+    text = json.dumps(dataclasses.asdict(record), indent=1)
+    storage.write_bytes(storage.join(searches_root(cfg), record.name, RECORD), text.encode())
 
 
 def mark_finished(cfg: SpaceConfig, record: SearchRecord) -> None:
@@ -57,13 +56,16 @@ def mark_finished(cfg: SpaceConfig, record: SearchRecord) -> None:
 
 def unfinished_searches(cfg: SpaceConfig) -> list[SearchRecord]:
     """Unfinished searches of this experiment, newest first."""
-    found = []
     root = searches_root(cfg)
-    for path in root.glob(f"*/{RECORD}") if root.is_dir() else []:
+    fs, path = storage.filesystem(root)
+    listing = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    found = []
+    for folder in (info for info in listing if info.type == pafs.FileType.Directory):
         try:
-            record = SearchRecord(**json.loads(path.read_text()))
+            data = storage.read_bytes(storage.join(root, folder.base_name, RECORD))
+            record = SearchRecord(**json.loads(data))
         except (OSError, ValueError, TypeError):
-            continue  # not a record kdsearch can read: never resumed
+            continue  # not a search kdsearch can resume
         if record.experiment == cfg.experiment.name and not record.finished:
             found.append(record)
     return sorted(found, key=lambda r: r.started, reverse=True)
@@ -78,7 +80,7 @@ def search_to_resume(cfg: SpaceConfig, which: str) -> SearchRecord:
     if not candidates:
         what = "search" if which == "latest" else f"search named {which!r}"
         raise ConfigError([f"--resume: no unfinished {what} of experiment "
-                           f"{cfg.experiment.name!r} in {root}"])
+                           f"{cfg.experiment.name!r} in {storage.redact(root)}"])
     record = candidates[0]
     if record.config != cfg.model_dump(mode="json"):
         changed = sorted(k for k in record.config

@@ -29,6 +29,7 @@ from kdsearch.resume import (
     write_record,
 )
 from kdsearch.searcher import make_searcher
+from kdsearch.storage import join, local_dir, redact, tune_storage
 from kdsearch.teacher import TeacherResult, prepare_teacher
 from kdsearch.tracking import (
     ROLE,
@@ -88,6 +89,10 @@ def init_ray(cfg: SpaceConfig, address: str | None, say: Any = print) -> SpaceCo
         ray.init(include_dashboard=False, dashboard_host="127.0.0.1", **kwargs)
     gpus = ray.cluster_resources().get("GPU", 0)
     wanted = cfg.resources.gpus_per_trial
+    if wanted > 0 and gpus == 0 and (most := _autoscaler_max_gpus()):
+        say(f"no GPU node is up yet; the autoscaler can add up to {most:g} GPUs and trials "
+            "wait for them")
+        return cfg
     if wanted > 0 and gpus == 0:
         if not cfg.resources.allow_cpu:
             raise ConfigError([f"resources.gpus_per_trial: {wanted} asks for GPUs but the Ray "
@@ -98,6 +103,28 @@ def init_ray(cfg: SpaceConfig, address: str | None, say: Any = print) -> SpaceCo
         return cfg.model_copy(update={"resources": cfg.resources.model_copy(
             update={"gpus_per_trial": 0})})
     return cfg
+
+
+def _autoscaler_max_gpus() -> float:
+    """GPUs the cluster's autoscaler may add (GPU worker groups scaled to zero), 0 when
+    unknown. Ray has no public API for this; its private one may move between releases."""
+    try:
+        from ray._private.state import state
+
+        most = state.get_max_resources_from_cluster_config() or {}
+    except Exception:  # noqa: BLE001 - any failure means "unknown", never a crash
+        return 0.0
+    return float(most.get("GPU", 0))
+
+
+def redacted_config(cfg: SpaceConfig) -> dict[str, Any]:
+    """The resolved space file with credentials stripped from every location."""
+    raw = cfg.model_dump()
+    raw["storage"] = redact(raw["storage"])
+    raw["data"]["root"] = redact(raw["data"]["root"])
+    if raw["teacher"].get("cache_dir"):
+        raw["teacher"]["cache_dir"] = redact(raw["teacher"]["cache_dir"])
+    return dict(raw)
 
 
 def _artifact_root(cfg: SpaceConfig) -> str | None:
@@ -119,7 +146,7 @@ def _start_parent(client: MlflowClient, cfg: SpaceConfig, space_path: Path) -> t
                             tags={ROLE: "search", STATUS: "running"})
     run_id = run.info.run_id
     client.log_artifact(run_id, str(space_path))
-    client.log_text(run_id, yaml.safe_dump(cfg.model_dump(), sort_keys=False),
+    client.log_text(run_id, yaml.safe_dump(redacted_config(cfg), sort_keys=False),
                     "resolved_space.yaml")
     log_params(client, run_id, {"num_samples": cfg.search.num_samples,
                                 "sampler": cfg.search.sampler,
@@ -142,9 +169,12 @@ def _tuner(cfg: SpaceConfig, ctx: TrialContext, name: str, callbacks: list[Any],
     """A new Tuner for search ``name``, or the one saved there, restored (searcher state,
     finished trials and the trials' last checkpoints included)."""
     trainable = make_trainable(ctx)
+    # A URI storage (s3://...) becomes a path plus the pyarrow filesystem that holds it.
+    storage_path, filesystem = tune_storage(searches_root(cfg))
     if resume:
-        return tune.Tuner.restore(str(searches_root(cfg) / name), trainable,
-                                  resume_unfinished=True, resume_errored=True)
+        return tune.Tuner.restore(f"{storage_path.rstrip('/')}/{name}", trainable,
+                                  resume_unfinished=True, resume_errored=True,
+                                  storage_filesystem=filesystem)
     searcher = make_searcher(cfg.search, cfg.student.epochs) if cfg.search.space else None
     return tune.Tuner(
         trainable,
@@ -153,7 +183,8 @@ def _tuner(cfg: SpaceConfig, ctx: TrialContext, name: str, callbacks: list[Any],
             scheduler=_scheduler(cfg), num_samples=cfg.search.num_samples,
             max_concurrent_trials=cfg.search.max_concurrent),
         run_config=tune.RunConfig(
-            name=name, storage_path=str(searches_root(cfg)), callbacks=callbacks, verbose=0,
+            name=name, storage_path=storage_path, storage_filesystem=filesystem,
+            callbacks=callbacks, verbose=0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures)),
     )
@@ -187,7 +218,7 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
     if prior is None:
         _mention_unfinished(cfg, say)
     prepare_data(cfg.data)
-    data = load_dataset(cfg.data, cfg.student.clip, Path(cfg.storage) / "indexes", log=say)
+    data = load_dataset(cfg.data, cfg.student.clip, local_dir(cfg.storage, "indexes"), log=say)
     cfg = init_ray(cfg, address, say)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no table-migration chatter
     mlflow.set_tracking_uri(cfg.tracking_uri)
@@ -206,7 +237,7 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
         teacher = _teacher_stage(cfg, data, client, experiment_id, parent_id, say,
                                  first=prior is None)
         cache = prepare_cache(cfg, data, teacher.path, log=say) if cfg.teacher.cache else None
-        client.set_tag(parent_id, "kdsearch.cache", str(cache or "off"))
+        client.set_tag(parent_id, "kdsearch.cache", redact(cache) if cache else "off")
         ctx = TrialContext(cfg, data.classes, str(teacher.path), data.train, data.val,
                            None if cache is None else str(cache))
         callbacks = [MLflowTrials(client, experiment_id, parent_id, cfg, data.classes),
@@ -214,7 +245,7 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
                               cfg.search.num_samples)]
         write_record(cfg, record)
         say(f"search: {cfg.search.num_samples} trials, {cfg.search.max_concurrent} at a time "
-            f"({searches_root(cfg) / record.name})")
+            f"({redact(join(searches_root(cfg), record.name))})")
         results = _tuner(cfg, ctx, record.name, callbacks, resume=prior is not None).fit()
         close_open_runs(client, experiment_id, parent_id)
         rows = _rows(results, trial_runs(client, experiment_id, parent_id), cfg)
@@ -250,7 +281,7 @@ def _teacher_stage(cfg: SpaceConfig, data: DatasetSplits, client: MlflowClient,
     log_data(client, parent_id, data)
     teacher_run = start_child(client, experiment_id, parent_id, f"teacher-{cfg.teacher.model}",
                               {ROLE: "teacher", "kdsearch.teacher.reused": str(teacher.reused),
-                               "kdsearch.teacher.path": str(teacher.path)})
+                               "kdsearch.teacher.path": redact(teacher.path)})
     log_params(client, teacher_run, {**cfg.teacher.model_dump(),
                                      **fixed_params(cfg, data.classes)})
     log_evaluation(client, teacher_run, teacher.metrics, data.classes)

@@ -18,6 +18,7 @@ from kdsearch.config import (
     format_validation_error,
     search_space_problems,
 )
+from kdsearch.storage import is_uri
 
 
 def load_space(path: str | Path, overrides: Sequence[str] = (), cwd: Path | None = None
@@ -120,6 +121,9 @@ def _vote_problems(cfg: SpaceConfig, students: list[str]) -> list[str]:
 
 
 def _absolute(value: str, cwd: Path) -> str:
+    """An absolute path; a URI (``s3://...``, see kdsearch.storage) is kept as written."""
+    if is_uri(value):
+        return value
     return str((cwd / Path(value).expanduser()).resolve())
 
 
@@ -129,7 +133,7 @@ def resolve_paths(cfg: SpaceConfig, cwd: Path) -> SpaceConfig:
     teacher, student = cfg.teacher, cfg.student
     if teacher.weights not in PRETRAINED:
         teacher = teacher.model_copy(update={"weights": _absolute(teacher.weights, cwd)})
-    if teacher.cache_dir and "://" not in teacher.cache_dir:
+    if teacher.cache_dir:
         teacher = teacher.model_copy(update={"cache_dir": _absolute(teacher.cache_dir, cwd)})
     if student.weights not in PRETRAINED:
         student = student.model_copy(update={"weights": _absolute(student.weights, cwd)})
@@ -167,7 +171,9 @@ def _split_problems(cfg: SpaceConfig) -> list[str]:
 
 def _path_problems(cfg: SpaceConfig) -> list[str]:
     problems = []
-    if cfg.data.format != "synthetic" and not Path(cfg.data.root).is_dir():
+    if is_uri(cfg.data.root):
+        problems.extend(_uri_root_problems(cfg))
+    elif cfg.data.format != "synthetic" and not Path(cfg.data.root).is_dir():
         problems.append(f"data.root: {cfg.data.root!r} is not a directory")
     elif cfg.data.format != "synthetic":  # the synthetic set is generated later
         problems.extend(_split_problems(cfg))
@@ -184,6 +190,22 @@ def _path_problems(cfg: SpaceConfig) -> list[str]:
             continue
         problems.extend(_pretrained_problems(section, model, weights))
     return sorted(set(problems), key=problems.index)
+
+
+def _uri_root_problems(cfg: SpaceConfig) -> list[str]:
+    """A data root in an object store: copied to each node's disk on first use, where its
+    layout is checked; here only that it exists and can be read."""
+    from kdsearch import storage
+
+    root = storage.redact(cfg.data.root)
+    if cfg.data.format == "synthetic":
+        return [f"data.root: {root!r} is a URI, but format synthetic generates its videos "
+                "on local disk; use a local path"]
+    try:
+        found = storage.is_dir(cfg.data.root)
+    except OSError as err:
+        return [f"data.root: {root!r} cannot be read: {err}"]
+    return [] if found else [f"data.root: {root!r} is not a directory (no objects under it)"]
 
 
 def _pretrained_problems(section: str, model: str, weights: str) -> list[str]:

@@ -2,7 +2,9 @@
 
 A fine-tuned teacher is saved under ``<storage>/teachers/<key>/`` where the key covers the
 teacher settings, the clip shape and the training data (paths, sizes, modification times);
-a later search with the same key reuses it instead of training again.
+a later search with the same key reuses it instead of training again. ``storage`` may be a
+URI (``s3://...``): the teacher is then uploaded there, and each node that loads it copies
+it to local disk once (``kdsearch.trial.load_teacher``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +21,7 @@ from typing import Any
 
 import torch
 
+from kdsearch import storage
 from kdsearch.config import ConfigError, SpaceConfig
 from kdsearch.datasets import DatasetSplits, make_loaders
 from kdsearch.engine import (
@@ -29,6 +33,7 @@ from kdsearch.engine import (
     train_one_epoch,
 )
 from kdsearch.models import WeightsError, get_head
+from kdsearch.storage import is_uri
 
 TEACHER_FILE = "teacher.pt"
 META_FILE = "meta.json"
@@ -36,7 +41,7 @@ META_FILE = "meta.json"
 
 @dataclasses.dataclass(frozen=True)
 class TeacherResult:
-    path: Path
+    path: Path | str  # the teacher file; a URI (str) when storage is one (kdsearch.storage)
     metrics: dict[str, Any]
     reused: bool
     key: str
@@ -56,6 +61,8 @@ def prepare_teacher(cfg: SpaceConfig, data: DatasetSplits, log: Callable[[str], 
                     ) -> TeacherResult:
     """Reuse the saved teacher for these settings and data, or fine-tune and save one."""
     key = teacher_key(cfg, data)
+    if is_uri(cfg.storage):
+        return _prepare_remote(cfg, data, key, log)
     folder = Path(cfg.storage) / "teachers" / key
     if (folder / META_FILE).is_file() and (folder / TEACHER_FILE).is_file():
         meta = json.loads((folder / META_FILE).read_text())
@@ -75,6 +82,32 @@ def prepare_teacher(cfg: SpaceConfig, data: DatasetSplits, log: Callable[[str], 
     (folder / f".{META_FILE}.tmp").write_text(json.dumps(meta, indent=2))
     os.replace(folder / f".{META_FILE}.tmp", folder / META_FILE)
     return TeacherResult(folder / TEACHER_FILE, metrics, False, key, seconds)
+
+
+def _prepare_remote(cfg: SpaceConfig, data: DatasetSplits, key: str,
+                    log: Callable[[str], None]) -> TeacherResult:
+    """:func:`prepare_teacher` for a storage URI: the teacher file is uploaded first and the
+    metadata file last, so a present ``meta.json`` means a complete teacher."""
+    folder = storage.join(cfg.storage, "teachers", key)
+    teacher_uri, meta_uri = storage.join(folder, TEACHER_FILE), storage.join(folder, META_FILE)
+    if storage.exists(meta_uri) and storage.exists(teacher_uri):
+        meta = json.loads(storage.read_bytes(meta_uri))
+        log(f"teacher {cfg.teacher.model}: reusing {storage.redact(folder)} "
+            f"(val_acc {meta['metrics']['val_acc']:.3f})")
+        return TeacherResult(teacher_uri, meta["metrics"], True, key, 0.0)
+    start = time.monotonic()
+    metrics, state = _finetune(cfg, data, log)
+    seconds = time.monotonic() - start
+    with tempfile.TemporaryDirectory(prefix="kdsearch-teacher-") as tmp:
+        local = Path(tmp) / TEACHER_FILE
+        torch.save({"model": cfg.teacher.model, "classes": list(data.classes),
+                    "state_dict": state}, local)
+        storage.upload(local, teacher_uri)
+    meta = {"model": cfg.teacher.model, "metrics": metrics, "seconds": seconds,
+            "teacher": cfg.teacher.model_dump(), "classes": list(data.classes)}
+    storage.write_bytes(meta_uri, json.dumps(meta, indent=2).encode())
+    log(f"teacher {cfg.teacher.model}: saved to {storage.redact(folder)}")
+    return TeacherResult(teacher_uri, metrics, False, key, seconds)
 
 
 def _finetune(cfg: SpaceConfig, data: DatasetSplits, log: Callable[[str], None]

@@ -19,6 +19,7 @@ from ray.tune import Callback
 
 from kdsearch.config import SpaceConfig
 from kdsearch.datasets import DatasetSplits
+from kdsearch.storage import redact
 from kdsearch.trial import TrialSettings
 
 STATUS = "kdsearch.status"
@@ -31,7 +32,7 @@ def fixed_params(cfg: SpaceConfig, classes: tuple[str, ...]) -> dict[str, Any]:
     """The settings every trial shares that a reader needs to compare runs."""
     clip = cfg.student.clip
     return {"teacher": cfg.teacher.model, "teacher_weights": cfg.teacher.weights,
-            "data_format": cfg.data.format, "data_root": cfg.data.root,
+            "data_format": cfg.data.format, "data_root": redact(cfg.data.root),
             "num_classes": len(classes), "classes": ",".join(classes),
             "epochs": cfg.student.epochs, "clip_frames": clip.num_frames,
             "clip_stride": clip.stride, "crop_size": clip.crop_size}

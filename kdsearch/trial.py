@@ -13,7 +13,7 @@ import torch
 from kdsearch.cache import CachedTrainBatches, CachedValBatches, ClipCache
 from kdsearch.config import SEARCHABLE, SpaceConfig, Student
 from kdsearch.data.video import VideoRecord
-from kdsearch.datasets import make_loaders
+from kdsearch.datasets import local_records, make_loaders
 from kdsearch.engine import (
     Batch,
     Normalized,
@@ -24,6 +24,7 @@ from kdsearch.engine import (
     to_channels_last,
     train_one_epoch,
 )
+from kdsearch.storage import copy_to_local
 
 #: report(metrics, checkpoint_dir): called once per epoch; the directory lives until it returns.
 Report = Callable[[dict[str, Any], Path], None]
@@ -63,7 +64,9 @@ class TrialContext:
 
 
 def load_teacher(path: str | Path, device: torch.device) -> Normalized:
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    """The saved teacher at ``path``: a file, or a URI (``s3://...``) that is copied to this
+    node's disk once and read from there by every later trial on the node."""
+    saved = torch.load(copy_to_local(path), map_location="cpu", weights_only=True)
     teacher = build_model(saved["model"], len(saved["classes"]), "none", "teacher")
     teacher.load_state_dict(saved["state_dict"])
     return teacher.to(device).eval()
@@ -117,7 +120,9 @@ def _data(ctx: TrialContext, batch_size: int
         cache = ClipCache.open(ctx.cache)
         train = CachedTrainBatches(cache, batch_size, cfg.search.seed)
         return train.epoch, CachedValBatches(cache, batch_size)
+    # Records of a data.root URI point into the driver's copy: this node uses its own.
+    records = local_records(cfg.data, ctx.train), local_records(cfg.data, ctx.val)
     train_loader, val_loader = make_loaders(
-        ctx.train, ctx.val, cfg.student.clip, batch_size, seed=cfg.search.seed,
+        *records, cfg.student.clip, batch_size, seed=cfg.search.seed,
         val_clips_per_video=cfg.student.val_clips_per_video, num_workers=cfg.data.num_workers)
     return (lambda epoch: train_loader), val_loader

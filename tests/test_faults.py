@@ -85,3 +85,72 @@ def test_a_killed_driver_resumes_with_one_run_per_trial(tmp_path: Path) -> None:
         assert sorted(steps) == list(range(1, epochs + 1))  # every epoch once
     assert unfinished_searches(cfg) == []
     assert parent.data.params["best.alpha"]
+
+
+_NODE_LOSS = """
+import json, sys, threading, time
+from pathlib import Path
+import ray
+from ray.cluster_utils import Cluster
+from mlflow.tracking import MlflowClient
+from kdsearch.search import run_search
+from kdsearch.spacefile import load_space
+
+folder = Path(sys.argv[1])
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+ray.init(address=cluster.address, log_to_driver=False)
+cfg = load_space(folder / "space.yaml", cwd=folder)
+client = MlflowClient(cfg.tracking_uri)
+removed = []
+
+def remove_a_worker_mid_trial():
+    while not removed:
+        time.sleep(0.5)
+        experiment = client.get_experiment_by_name("tiny")
+        runs = experiment and client.search_runs(
+            [experiment.experiment_id], "tags.`kdsearch.role` = 'trial'")
+        # Both workers hold a trial with a checkpoint once two open runs logged 2 epochs.
+        open_runs = [r for r in runs or [] if r.info.status == "RUNNING"]
+        if len(open_runs) >= 2 and all(len(client.get_metric_history(
+                r.info.run_id, "val_acc")) >= 2 for r in open_runs):
+            cluster.remove_node(workers[0])
+            removed.append(time.time())
+
+threading.Thread(target=remove_a_worker_mid_trial, daemon=True).start()
+outcome = run_search(cfg, folder / "space.yaml", say=lambda m: print(m, flush=True))
+print("OUTCOME " + json.dumps({"removed": bool(removed), "statuses": [
+    r.status for r in outcome.rows], "parent": outcome.parent_run_id,
+    "experiment": outcome.experiment_id}), flush=True)
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+def test_a_lost_node_costs_no_trial(tmp_path: Path) -> None:
+    import json
+
+    epochs = 15  # long enough for a node to be lost mid-trial
+    search = {**TINY_SPACE["search"], "num_samples": 3, "scheduler": {"name": "none"}}
+    write_tiny_space(tmp_path, search=search,
+                     student={**TINY_SPACE["student"], "epochs": epochs},
+                     resources={"cpus_per_trial": 1, "gpus_per_trial": 1, "max_failures": 3})
+    proc = subprocess.run([sys.executable, "-c", _NODE_LOSS, str(tmp_path)], env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    outcome = json.loads(proc.stdout.split("OUTCOME ", 1)[1])
+    assert outcome["removed"], "no worker was removed while trials ran"
+    assert outcome["statuses"] == ["completed"] * 3
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    trials = client.search_runs([outcome["experiment"]], "tags.`kdsearch.role` = 'trial'")
+    assert sorted(Counter(r.data.tags["kdsearch.trial_id"] for r in trials).values()) == [1] * 3
+    for run in trials:
+        assert run.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        assert sorted(steps) == list(range(1, epochs + 1))
+    # The lost node really cost a running trial: one trial restarted from its checkpoint.
+    restarted = []
+    for result_file in (tmp_path / "kdsearch_results" / "ray").glob("*/*/result.json"):
+        lines = [json.loads(line) for line in result_file.read_text().splitlines() if line]
+        restarted += [r for r in lines if r["iterations_since_restore"] < r["training_iteration"]]
+    assert restarted

@@ -1,0 +1,338 @@
+"""``storage`` and ``data.root`` in an object store: a real S3 server (moto) on loopback."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+import pytest
+import torch
+
+from kdsearch import storage
+from kdsearch.cache import ClipCache, prepare_cache
+from kdsearch.config import ConfigError
+from kdsearch.datasets import load_dataset, local_records, prepare_data
+from kdsearch.engine import to_model_input
+from kdsearch.spacefile import load_space
+from kdsearch.teacher import prepare_teacher
+from kdsearch.testing import TINY_SPACE, write_tiny_space
+from kdsearch.trial import TrialContext, fit, load_teacher
+
+BUCKET = "kdsearch-test"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "fake-id", "AWS_SECRET_ACCESS_KEY": "fake-secret",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[str]:
+    """A bucket on a moto S3 server; yields the ``?endpoint_override=...`` query to append."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in CREDENTIALS.items():
+            env.setenv(name, value)
+        for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE",
+                     "AWS_SESSION_TOKEN"):
+            env.delenv(name, raising=False)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        pafs.S3FileSystem(endpoint_override=f"{host}:{port}", scheme="http",
+                          region="us-east-1", allow_bucket_creation=True).create_dir(BUCKET)
+        yield f"endpoint_override={host}:{port}&scheme=http&region=us-east-1"
+        server.stop()
+
+
+def uri(query: str, *parts: str) -> str:
+    return f"s3://{BUCKET}/{'/'.join(parts)}?{query}"
+
+
+@pytest.fixture
+def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's "node-local disk"."""
+    monkeypatch.setenv("KDSEARCH_NODE_CACHE", str(tmp_path / "node1"))
+    return tmp_path / "node1"
+
+
+class CountCopies:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        self.real = pafs.copy_files
+        monkeypatch.setattr(storage.pafs, "copy_files", self)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        self.calls += 1
+        self.real(*args, **kwargs)
+
+
+# --- URIs -----------------------------------------------------------------------------------
+
+def test_uri_helpers() -> None:
+    base = "s3://bucket/pre/?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert storage.is_uri(base) and storage.is_uri("gs://b") and storage.is_uri("file:///x")
+    assert not storage.is_uri("/data/videos") and not storage.is_uri("rel/path")
+    assert storage.join(base, "ray", "exp/") == \
+        "s3://bucket/pre/ray/exp?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert storage.join("s3://bucket", "cache") == "s3://bucket/cache"
+    assert storage.join("/tmp/store", "teachers", "k") == "/tmp/store/teachers/k"
+    assert storage.name(storage.join(base, "cache", "abc")) == "abc"
+    assert storage.name("/tmp/store/x") == "x"
+    secret = ("s3://AKIAID:s3cr3t@bucket/pre?endpoint_override=h:9000&session_token=tok123"
+              "&secret_key=s3cr3t&region=eu-west-1")
+    shown = storage.redact(secret)
+    assert shown == ("s3://bucket/pre?endpoint_override=h:9000&session_token=REDACTED"
+                     "&secret_key=REDACTED&region=eu-west-1")
+    assert storage.redact("/local/path") == "/local/path"
+    assert storage.tune_storage("/tmp/store/ray") == ("/tmp/store/ray", None)
+
+
+def test_filesystem_errors_name_no_secret() -> None:
+    with pytest.raises(OSError) as err:
+        storage.filesystem("nosuchscheme://user:hunter2@bucket/x?access_key=hunter2")
+    assert "hunter2" not in str(err.value)
+
+
+# --- node-local copies ----------------------------------------------------------------------
+
+def _remote_folder(s3: str, tmp_path: Path, name: str) -> str:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.bin").write_bytes(b"a" * 1000)
+    (src / "sub" / "b.txt").write_text("bee")
+    location = uri(s3, name)
+    storage.upload(src, location)
+    return location
+
+
+def test_copy_to_local_once_then_again_when_the_remote_changes(
+        s3: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    location = _remote_folder(s3, tmp_path, "copy-once")
+    copies = CountCopies(monkeypatch)
+    local = storage.copy_to_local(location, tmp_path / "node")
+    assert copies.calls == 1
+    assert (local / "a.bin").read_bytes() == b"a" * 1000
+    assert (local / "sub" / "b.txt").read_text() == "bee"
+    # Times are the remote's: a fingerprint of the copy is the same on every node.
+    _, mtime = storage.stat(storage.join(location, "a.bin"))
+    assert (local / "a.bin").stat().st_mtime_ns == mtime
+    assert storage.copy_to_local(location, tmp_path / "node") == local
+    assert copies.calls == 1
+    marker = json.loads(local.with_name(local.name + storage.MARKER_SUFFIX).read_text())
+    assert marker["files"] == 2 and "127.0.0.1" in marker["location"]
+    storage.write_bytes(storage.join(location, "c.txt"), b"new")
+    again = storage.copy_to_local(location, tmp_path / "node")
+    assert again == local and copies.calls == 2 and (local / "c.txt").read_bytes() == b"new"
+    # A single file comes back as the file, inside its own folder.
+    one = storage.copy_to_local(storage.join(location, "sub", "b.txt"), tmp_path / "node")
+    assert one.name == "b.txt" and one.read_text() == "bee"
+    with pytest.raises(FileNotFoundError, match="no such"):
+        storage.copy_to_local(storage.join(location, "missing"), tmp_path / "node")
+
+
+_COPY = """
+import sys, time
+import pyarrow.fs as pafs
+from kdsearch import storage
+real = pafs.copy_files
+def slow(*args, **kwargs):
+    print("COPYING", flush=True)
+    time.sleep(1.5)
+    real(*args, **kwargs)
+storage.pafs.copy_files = slow
+local = storage.copy_to_local(sys.argv[1], storage.Path(sys.argv[2]))
+print("FILES", sorted(p.name for p in local.rglob("*")))
+"""
+
+
+def test_a_concurrent_second_process_waits_for_the_copy(s3: str, tmp_path: Path) -> None:
+    location = _remote_folder(s3, tmp_path, "concurrent")
+    procs = [subprocess.Popen([sys.executable, "-c", _COPY, location, str(tmp_path / "node")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    logs = "".join(out for out, _ in outputs)
+    assert logs.count("COPYING") == 1
+    assert logs.count("FILES ['a.bin', 'b.txt', 'sub']") == 2
+
+
+# --- data, teacher and cache in S3 ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def remote_data(s3: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny synthetic set, generated locally and uploaded to ``s3://.../data``."""
+    folder = tmp_path_factory.mktemp("gen")
+    cfg = load_space(write_tiny_space(folder), cwd=folder)
+    root = prepare_data(cfg.data)
+    location = uri(s3, "data")
+    storage.upload(root, location)
+    return location
+
+
+def _space(folder: Path, data_root: str, store: str, **sections: Any) -> Path:
+    data = {**TINY_SPACE["data"], "format": "video_folder", "root": data_root}
+    del data["synthetic"]
+    return write_tiny_space(folder, data=data, storage=store, **sections)
+
+
+def test_a_data_root_uri_is_copied_once_per_node_and_indexed_there(
+        s3: str, remote_data: str, tmp_path: Path, node: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = load_space(_space(tmp_path, remote_data, str(tmp_path / "store")), cwd=tmp_path)
+    assert cfg.data.root == remote_data  # kept as written, not made a local path
+    copies = CountCopies(monkeypatch)
+    said: list[str] = []
+    data = load_dataset(cfg.data, cfg.student.clip, tmp_path / "fb", log=said.append)
+    assert copies.calls == 1
+    assert "data: 4 classes, 16 training and 8 validation videos usable" in said
+    assert all(r.path.is_relative_to(node) and r.path.is_file() for r in data.train + data.val)
+    again = load_dataset(cfg.data, cfg.student.clip, tmp_path / "fb", log=lambda _: None)
+    assert copies.calls == 1 and again.fingerprint == data.fingerprint
+    # Another node: its own copy, the same fingerprint (times kept), records moved onto it.
+    monkeypatch.setenv("KDSEARCH_NODE_CACHE", str(tmp_path / "node2"))
+    other = load_dataset(cfg.data, cfg.student.clip, tmp_path / "fb2", log=lambda _: None)
+    assert copies.calls == 2 and other.fingerprint == data.fingerprint
+    moved = local_records(cfg.data, data.train)
+    assert [r.path for r in moved] == [r.path for r in other.train]
+    assert all(r.path.is_relative_to(tmp_path / "node2") for r in moved)
+
+
+def test_a_missing_or_synthetic_data_root_uri_is_a_config_error(
+        s3: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="data.root: .*is not a directory"):
+        load_space(_space(tmp_path, uri(s3, "nothing-here"), "store"), cwd=tmp_path)
+    synthetic = {**TINY_SPACE["data"], "root": uri(s3, "gen")}
+    with pytest.raises(ConfigError, match="format synthetic generates"):
+        load_space(write_tiny_space(tmp_path, data=synthetic), cwd=tmp_path)
+
+
+def test_teacher_and_cache_in_s3_storage_are_saved_once_and_reused(
+        s3: str, remote_data: str, tmp_path: Path, node: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    store = uri(s3, "runs", "teacher-test")
+    cfg = load_space(_space(tmp_path, remote_data, store), cwd=tmp_path)
+    assert cfg.storage == store
+    data = load_dataset(cfg.data, cfg.student.clip, storage.local_dir(cfg.storage, "indexes"),
+                        log=lambda _: None)
+    said: list[str] = []
+    first = prepare_teacher(cfg, data, log=said.append)
+    assert not first.reused and isinstance(first.path, str)
+    assert first.path == storage.join(store, "teachers", first.key, "teacher.pt")
+    assert storage.exists(first.path)
+    meta = json.loads(storage.read_bytes(storage.join(store, "teachers", first.key,
+                                                      "meta.json")))
+    assert meta["metrics"]["val_acc"] == first.metrics["val_acc"]
+    assert "fake-secret" not in "".join(said)
+    second = prepare_teacher(cfg, data, log=said.append)
+    assert second.reused and second.path == first.path and second.metrics == first.metrics
+    folder = storage.redact(storage.join(store, "teachers", first.key))
+    assert said[-1].startswith(f"teacher small3d: reusing {folder} ")
+    # The cache defaults to <storage>/cache: built once, uploaded, reused.
+    location = prepare_cache(cfg, data, first.path, log=said.append)
+    assert location == storage.join(store, "cache", storage.name(location))
+    assert prepare_cache(cfg, data, second.path, log=said.append) == location
+    assert said[-1] == f"cache: reusing {storage.redact(location)}"
+    copies = CountCopies(monkeypatch)
+    assert ClipCache.open(location).folder == node / storage.name(location)
+    assert copies.calls == 0  # the node that built it keeps its build as its copy
+    # A trial on another node: the data, the teacher and the cache come to its disk.
+    monkeypatch.setenv("KDSEARCH_NODE_CACHE", str(tmp_path / "node2"))
+    teacher = load_teacher(first.path, torch.device("cpu"))
+    copied = next((tmp_path / "node2").glob("teacher.pt-*/teacher.pt"))
+    assert copied.is_file()
+    clips = torch.zeros(2, 3, 4, 32, 32, dtype=torch.uint8)
+    assert teacher(to_model_input(clips, torch.device("cpu"))).shape == (2, len(data.classes))
+    assert ClipCache.open(location).folder.is_relative_to(tmp_path / "node2")
+    cfg1 = cfg.model_copy(update={"student": cfg.student.model_copy(update={"epochs": 1})})
+    ctx = TrialContext(cfg1, data.classes, str(first.path), data.train, data.val)
+    reports: list[dict[str, Any]] = []
+    fit(ctx, {"alpha": 0.5}, lambda metrics, _: reports.append(metrics))
+    assert [r["epoch"] for r in reports] == [1]
+    assert list((tmp_path / "node2").glob("data-*/train"))  # online decoding: a local copy
+
+
+# --- Ray Tune results in S3 -----------------------------------------------------------------
+
+def two_epochs(config: dict[str, Any]) -> None:
+    """Reports epochs 1 and 2 with checkpoints; fails after epoch 1 unless resumed."""
+    import tempfile
+
+    from ray import tune
+
+    start = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            start = json.loads((Path(folder) / "state.json").read_text())["epoch"]
+    for epoch in range(start + 1, 3):
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "state.json").write_text(json.dumps({"epoch": epoch}))
+            tune.report({"epoch": epoch, "score": config["x"] * epoch, "resumed_from": start},
+                        checkpoint=tune.Checkpoint.from_directory(tmp))
+        if start == 0 and config["fail_once"]:
+            raise RuntimeError("simulated crash after epoch 1")
+
+
+@pytest.fixture(scope="module")
+def ray_with_s3_env(s3: str) -> Iterator[None]:
+    """A local Ray whose workers see the S3 credentials (Ray's workers inherit the
+    environment of the processes ``ray.init`` starts, so it must start after ``s3``)."""
+    import ray
+
+    restart = ray.is_initialized()
+    if restart:
+        ray.shutdown()
+    tests_dir = os.path.dirname(__file__)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PYTHONPATH", os.pathsep.join(
+            p for p in (tests_dir, os.environ.get("PYTHONPATH")) if p))
+        # address="local": a Ray of its own even when another one runs on this machine.
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+        yield
+        ray.shutdown()
+    if restart:  # the session's Ray (tests/conftest.py) for the tests after these
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+
+
+def test_tune_writes_its_experiment_to_s3_and_restores_from_it(
+        s3: str, ray_with_s3_env: None) -> None:
+    from ray import tune
+
+    store = uri(s3, "runs", "tune-test")
+    storage_path, fs = storage.tune_storage(storage.join(store, "ray"))
+    assert storage_path == f"{BUCKET}/runs/tune-test/ray" and isinstance(fs, pafs.S3FileSystem)
+    tuner = tune.Tuner(
+        two_epochs,
+        param_space={"x": tune.grid_search([1, 2]), "fail_once": True},
+        tune_config=tune.TuneConfig(metric="score", mode="max"),
+        run_config=tune.RunConfig(name="exp", storage_path=storage_path,
+                                  storage_filesystem=fs, verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=0)))
+    first = tuner.fit()
+    assert sorted(r.metrics["epoch"] for r in first) == [1, 1] and first.errors
+    experiment = f"{storage_path}/exp"
+    names = {info.base_name for info in fs.get_file_info(
+        pafs.FileSelector(experiment, recursive=True))}
+    assert "tuner.pkl" in names and any(n.startswith("experiment_state") for n in names)
+    assert "checkpoint_000000" in names and "state.json" in names
+    assert tune.Tuner.can_restore(experiment, storage_filesystem=fs)
+    assert not tune.Tuner.can_restore(f"{storage_path}/nothing", storage_filesystem=fs)
+    restored = tune.Tuner.restore(experiment, two_epochs, resume_errored=True,
+                                  storage_filesystem=fs)
+    results = restored.fit()
+    assert not results.errors
+    assert sorted((r.metrics["epoch"], r.metrics["resumed_from"]) for r in results) == \
+        [(2, 1), (2, 1)]
+    assert results.get_best_result().metrics["score"] == 4
+    assert "checkpoint_000001" in {info.base_name for info in fs.get_file_info(
+        pafs.FileSelector(experiment, recursive=True))}
