@@ -36,6 +36,10 @@ class ConfigError(Exception):
         super().__init__("\n".join(problems))
         self.problems = problems
 
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[list[str]]]:
+        # Crosses process boundaries (a Ray task) with its lines intact.
+        return ConfigError, (self.problems,)
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -15,9 +15,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from kdsearch.cache import prepare_cache
 from kdsearch.config import ConfigError, SpaceConfig
 from kdsearch.datasets import DatasetSplits, load_dataset, prepare_data
+from kdsearch.placement import teacher_and_cache
 from kdsearch.progress import Progress
 from kdsearch.resume import (
     SearchRecord,
@@ -30,7 +30,7 @@ from kdsearch.resume import (
 )
 from kdsearch.searcher import make_searcher
 from kdsearch.storage import join, local_dir, redact, tune_storage
-from kdsearch.teacher import TeacherResult, prepare_teacher
+from kdsearch.teacher import TeacherResult
 from kdsearch.tracking import (
     ROLE,
     STATUS,
@@ -234,9 +234,9 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
         client.set_tag(parent_id, STATUS, "running")
         say(f"resuming search {prior.name} (started {prior.when}, MLflow run {parent_id})")
     try:
-        teacher = _teacher_stage(cfg, data, client, experiment_id, parent_id, say,
-                                 first=prior is None)
-        cache = prepare_cache(cfg, data, teacher.path, log=say) if cfg.teacher.cache else None
+        teacher, cache = teacher_and_cache(cfg, data, say)
+        if prior is None:  # a resumed search recorded its teacher when it started
+            _record_teacher(cfg, data, teacher, client, experiment_id, parent_id)
         client.set_tag(parent_id, "kdsearch.cache", redact(cache) if cache else "off")
         ctx = TrialContext(cfg, data.classes, str(teacher.path), data.train, data.val,
                            None if cache is None else str(cache))
@@ -272,12 +272,8 @@ def _mention_unfinished(cfg: SpaceConfig, say: Any) -> None:
             "kdsearch.run SPACE.yaml --resume")
 
 
-def _teacher_stage(cfg: SpaceConfig, data: DatasetSplits, client: MlflowClient,
-                   experiment_id: str, parent_id: str, say: Any, first: bool) -> TeacherResult:
-    """Fine-tune (or reuse) the teacher; a first start records it, a resume already has."""
-    teacher = prepare_teacher(cfg, data, log=say)
-    if not first:
-        return teacher
+def _record_teacher(cfg: SpaceConfig, data: DatasetSplits, teacher: TeacherResult,
+                    client: MlflowClient, experiment_id: str, parent_id: str) -> None:
     log_data(client, parent_id, data)
     teacher_run = start_child(client, experiment_id, parent_id, f"teacher-{cfg.teacher.model}",
                               {ROLE: "teacher", "kdsearch.teacher.reused": str(teacher.reused),
@@ -288,7 +284,6 @@ def _teacher_stage(cfg: SpaceConfig, data: DatasetSplits, client: MlflowClient,
     client.set_terminated(teacher_run)
     log_metrics(client, parent_id, {f"teacher_{k}": v for k, v in teacher.metrics.items()
                                     if k.startswith("val")})
-    return teacher
 
 
 def _finish_parent(client: MlflowClient, parent_id: str, cfg: SpaceConfig,

@@ -134,11 +134,14 @@ def test_a_lost_node_costs_no_trial(tmp_path: Path) -> None:
     search = {**TINY_SPACE["search"], "num_samples": 3, "scheduler": {"name": "none"}}
     write_tiny_space(tmp_path, search=search,
                      student={**TINY_SPACE["student"], "epochs": epochs},
-                     resources={"cpus_per_trial": 1, "gpus_per_trial": 1, "max_failures": 3})
+                     resources={"cpus_per_trial": 1, "gpus_per_trial": 1, "max_failures": 3,
+                                "teacher_cpus": 1})
     proc = subprocess.run([sys.executable, "-c", _NODE_LOSS, str(tmp_path)], env=_env(),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     outcome = json.loads(proc.stdout.split("OUTCOME ", 1)[1])
+    # The head has no GPU: the teacher stage asked for one, so it ran on a GPU worker.
+    assert "teacher stage: a Ray task with 1 CPUs and 1 GPUs" in proc.stdout
     assert outcome["removed"], "no worker was removed while trials ran"
     assert outcome["statuses"] == ["completed"] * 3
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

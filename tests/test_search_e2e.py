@@ -244,3 +244,20 @@ def test_data_without_a_usable_video_in_a_class_stops_before_anything_starts(
         "split: 1; see the reasons above)"]
     assert not (tmp_path / "mlflow.db").exists()
     assert not (tmp_path / "kdsearch_results" / "ray").exists()
+
+
+def test_teacher_weights_that_do_not_fit_stop_the_search_as_bad_input(
+        ray_local: None, tmp_path: Path) -> None:
+    import pytest
+    import torch
+
+    from kdsearch.config import ConfigError
+    from kdsearch.search import run_search
+    from kdsearch.spacefile import load_space
+
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "bad.pt")
+    path = write_tiny_space(tmp_path, teacher={**TINY_SPACE["teacher"], "weights": "bad.pt"})
+    cfg = load_space(path, cwd=tmp_path)
+    # The teacher stage runs as a Ray task; its ConfigError still reaches the caller as one.
+    with pytest.raises(ConfigError, match=r"^teacher.weights: .*does not fit model 'small3d'"):
+        run_search(cfg, path, say=lambda _: None)

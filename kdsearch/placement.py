@@ -1,0 +1,54 @@
+"""The teacher stage and the cache build as Ray work, on the resources the space file gives
+the teacher: a GPU worker when trials use GPUs, never a driver that may sit on a CPU-only
+head node. Their progress lines travel back to the driver through a Ray queue."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import ray
+from ray.util.queue import Empty, Queue
+
+from kdsearch.cache import prepare_cache
+from kdsearch.config import ConfigError, SpaceConfig
+from kdsearch.datasets import DatasetSplits
+from kdsearch.teacher import TeacherResult, prepare_teacher
+
+
+def _teacher_work(cfg: SpaceConfig, data: DatasetSplits, lines: Queue
+                  ) -> tuple[TeacherResult, str | None]:
+    teacher = prepare_teacher(cfg, data, log=lines.put)
+    cache = (prepare_cache(cfg, data, teacher.path, log=lines.put) if cfg.teacher.cache
+             else None)
+    return teacher, cache
+
+
+def teacher_and_cache(cfg: SpaceConfig, data: DatasetSplits, say: Callable[[str], None]
+                      ) -> tuple[TeacherResult, str | None]:
+    """Fine-tune (or reuse) the teacher and build (or reuse) the cache, as one Ray task."""
+    lines: Queue = Queue()
+    gpus = 1 if cfg.resources.gpus_per_trial > 0 else 0
+    task = ray.remote(num_cpus=cfg.resources.teacher_cpus, num_gpus=gpus, max_retries=0)
+    ref = task(_teacher_work).remote(cfg, data, lines)
+    say(f"teacher stage: a Ray task with {cfg.resources.teacher_cpus} CPUs and {gpus} GPUs")
+    try:
+        while not ray.wait([ref], timeout=0.5)[0]:
+            _drain(lines, say)
+        _drain(lines, say)
+        result: tuple[TeacherResult, str | None] = ray.get(ref)
+        return result
+    except ray.exceptions.RayTaskError as err:
+        if isinstance(err.cause, ConfigError):  # e.g. teacher weights that do not fit
+            raise err.cause from None
+        raise
+    finally:
+        ray.kill(lines.actor)  # type: ignore[arg-type]
+
+
+def _drain(lines: Any, say: Callable[[str], None]) -> None:
+    while True:
+        try:
+            say(lines.get_nowait())
+        except Empty:
+            return
