@@ -219,6 +219,7 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
         _mention_unfinished(cfg, say)
     prepare_data(cfg.data)
     data = load_dataset(cfg.data, cfg.student.clip, local_dir(cfg.storage, "indexes"), log=say)
+    as_given = cfg.model_dump(mode="json")  # what --resume compares its space file with
     cfg = init_ray(cfg, address, say)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no table-migration chatter
     mlflow.set_tracking_uri(cfg.tracking_uri)
@@ -226,7 +227,7 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
     if prior is None:
         experiment_id, parent_id = _start_parent(client, cfg, space_path)
         record = SearchRecord(new_search_name(cfg), cfg.experiment.name, experiment_id,
-                              parent_id, time.time(), False, cfg.model_dump(mode="json"))
+                              parent_id, time.time(), False, as_given)
     else:
         record = prior
         experiment_id, parent_id = prior.experiment_id, prior.parent_run_id

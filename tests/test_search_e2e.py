@@ -261,3 +261,18 @@ def test_teacher_weights_that_do_not_fit_stop_the_search_as_bad_input(
     # The teacher stage runs as a Ray task; its ConfigError still reaches the caller as one.
     with pytest.raises(ConfigError, match=r"^teacher.weights: .*does not fit model 'small3d'"):
         run_search(cfg, path, say=lambda _: None)
+
+
+def test_allow_cpu_runs_a_gpu_space_file_on_cpus(ray_local: None, tmp_path: Path) -> None:
+    from kdsearch.search import run_search
+    from kdsearch.spacefile import load_space
+
+    path = write_tiny_space(tmp_path, search={**TINY_SPACE["search"], "num_samples": 1},
+                            resources={"cpus_per_trial": 1, "gpus_per_trial": 0.5,
+                                       "allow_cpu": True})
+    said: list[str] = []
+    outcome = run_search(load_space(path, cwd=tmp_path), path, say=said.append)
+    assert outcome.best is not None
+    assert ("warning: resources.gpus_per_trial is 0.5 but the Ray cluster has no GPU; trials "
+            "run on CPUs (resources.allow_cpu)") in said
+    assert "teacher stage: a Ray task with 2 CPUs and 0 GPUs" in said

@@ -336,3 +336,60 @@ def test_tune_writes_its_experiment_to_s3_and_restores_from_it(
     assert results.get_best_result().metrics["score"] == 4
     assert "checkpoint_000001" in {info.base_name for info in fs.get_file_info(
         pafs.FileSelector(experiment, recursive=True))}
+
+
+def test_a_search_in_s3_storage_survives_a_killed_driver(
+        s3: str, remote_data: str, tmp_path: Path) -> None:
+    """The whole search lives in S3 (Tune state, checkpoints, teacher, cache, its record);
+    the driver is killed mid-search and ``--resume`` finds and finishes it from there."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from collections import Counter
+
+    from mlflow.tracking import MlflowClient
+
+    from kdsearch.resume import unfinished_searches
+
+    epochs = 6
+    store = uri(s3, "searches")
+    search = {**TINY_SPACE["search"], "num_samples": 2, "scheduler": {"name": "none"}}
+    path = _space(tmp_path, remote_data, store, search=search,
+                  student={**TINY_SPACE["student"], "epochs": epochs})
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_RUN_ID")}
+    env["KDSEARCH_NODE_CACHE"] = str(tmp_path / "node")
+    command = [sys.executable, "-m", "kdsearch.run", "space.yaml"]
+    driver = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(1)
+        experiment = (tmp_path / "mlflow.db").exists() and client.get_experiment_by_name("tiny")
+        runs = experiment and client.search_runs([experiment.experiment_id],
+                                                 "tags.`kdsearch.role` = 'trial'")
+        if runs and sum(len(client.get_metric_history(r.info.run_id, "val_acc"))
+                        for r in runs) >= 2:
+            break
+    assert driver.poll() is None, "the search ended before it could be killed"
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    time.sleep(3)
+    cfg = load_space(path, cwd=tmp_path)
+    (unfinished,) = unfinished_searches(cfg)  # its record is read back from S3
+    resumed = subprocess.run([*command, "--resume"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"resuming search {unfinished.name}" in resumed.stdout
+    assert "fake-secret" not in resumed.stdout + resumed.stderr
+    runs = client.search_runs([unfinished.experiment_id])
+    assert [r for r in runs if r.info.status == "RUNNING"] == []
+    trials = [r for r in runs if r.data.tags.get("kdsearch.role") == "trial"]
+    assert sorted(Counter(r.data.tags["kdsearch.trial_id"] for r in trials).values()) == [1, 1]
+    for run in trials:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        assert sorted(steps) == list(range(1, epochs + 1))
+    assert unfinished_searches(cfg) == []
+    fs, root = storage.filesystem(store)
+    assert fs.get_file_info(f"{root}/ray/{unfinished.name}/kdsearch_search.json").is_file
