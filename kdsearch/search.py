@@ -184,10 +184,25 @@ def _tuner(cfg: SpaceConfig, ctx: TrialContext, name: str, callbacks: list[Any],
             max_concurrent_trials=cfg.search.max_concurrent),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, storage_filesystem=filesystem,
-            callbacks=callbacks, verbose=0,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=callbacks, verbose=0, **_checkpointing(filesystem is not None),
             failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures)),
     )
+
+
+def _checkpointing(remote: bool) -> dict[str, Any]:
+    """Checkpoints a resume after a driver crash can rely on.
+
+    Tune deletes a trial's older checkpoints as new ones arrive, and a resume starts each
+    trial from the checkpoint named in the last saved experiment state. Locally that state is
+    written whenever a trial checkpoints, so keeping two suffices. In an object store the
+    state is uploaded every ``sync_period`` seconds while trials upload checkpoints at once:
+    the state can name a checkpoint already deleted (seen on S3), so every checkpoint stays
+    (expire them with a bucket lifecycle rule) and the state is uploaded every 10 s.
+    """
+    if not remote:
+        return {"checkpoint_config": tune.CheckpointConfig(num_to_keep=2)}
+    return {"checkpoint_config": tune.CheckpointConfig(num_to_keep=None),
+            "sync_config": tune.SyncConfig(sync_period=10)}
 
 
 def _rows(results: tune.ResultGrid, runs: dict[str, tuple[str, str]], cfg: SpaceConfig

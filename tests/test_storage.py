@@ -389,7 +389,7 @@ def test_a_search_in_s3_storage_survives_a_killed_driver(
     assert sorted(Counter(r.data.tags["kdsearch.trial_id"] for r in trials).values()) == [1, 1]
     for run in trials:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
-        assert sorted(steps) == list(range(1, epochs + 1))
+        assert sorted(steps) == list(range(1, epochs + 1)), run.data.tags.get("kdsearch.error")
     assert unfinished_searches(cfg) == []
     fs, root = storage.filesystem(store)
     assert fs.get_file_info(f"{root}/ray/{unfinished.name}/kdsearch_search.json").is_file
