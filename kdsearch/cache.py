@@ -80,22 +80,13 @@ def prepare_cache(cfg: SpaceConfig, data: DatasetSplits, teacher_path: Path | st
     if filesystem.get_file_info(f"{path}/{META}").type == pafs.FileType.File:
         log(f"cache: reusing {storage.redact(remote)}")
         return remote
-    local = _build_locked(node_cache_root(), key, cfg, data, teacher_path, log)
-    filesystem.create_dir(path, recursive=True)
+    local = _build_locked(storage.node_local_root(), key, cfg, data, teacher_path, log)
     # Object stores have no rename: the metadata file goes last and marks the upload complete.
     for item in sorted(local.iterdir(), key=lambda p: p.name == META):
-        pafs.copy_files(str(item), f"{path}/{item.name}",
-                        source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=filesystem, use_threads=True)
+        storage.upload(item, storage.join(remote, item.name))
     storage.register_copy(remote, local)  # this node's trials need not download it again
     log(f"cache: uploaded to {storage.redact(remote)}")
     return remote
-
-
-def node_cache_root() -> Path:
-    """Node-local copies of caches that live in an object store (and builds before upload):
-    ``$KDSEARCH_NODE_CACHE``, else ``<temp dir>/kdsearch-cache``."""
-    return storage.node_local_root()
 
 
 def local_cache(location: str, local_root: Path | None = None) -> Path:
@@ -104,7 +95,7 @@ def local_cache(location: str, local_root: Path | None = None) -> Path:
     see kdsearch.storage.copy_to_local)."""
     if not is_uri(location):
         return Path(location)
-    return storage.copy_to_local(location, local_root or node_cache_root(),
+    return storage.copy_to_local(location, local_root or storage.node_local_root(),
                                  local_name=storage.name(location))
 
 

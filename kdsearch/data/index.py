@@ -9,6 +9,7 @@ never decoded twice.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
 import time
@@ -61,8 +62,6 @@ def index_path(root: Path, source: str, fallback_dir: Path) -> Path:
     folder = root / INDEX_DIR
     writable = folder.is_dir() and os.access(folder, os.W_OK) or os.access(root, os.W_OK)
     if not writable:
-        import hashlib
-
         folder = fallback_dir / hashlib.sha256(str(root).encode()).hexdigest()[:16]
     return folder / f"{name}.parquet"
 
