@@ -110,6 +110,7 @@ class MLflowTrials(Callback):
         self.runs: dict[str, str] = {}
         self.status: dict[str, str] = {}
         self.logged: dict[str, int] = {}  # trial id -> last epoch logged
+        self.placed: dict[str, tuple[str, ...]] = {}  # trial id -> where its last epoch ran
         self.max_t = cfg.student.epochs
 
     def get_state(self) -> dict[str, Any]:
@@ -159,6 +160,19 @@ class MLflowTrials(Callback):
         metrics = {k: v for k, v in result.items() if _is_metric(k)}
         log_metrics(self.client, run_id, metrics, step=epoch)
         self.logged[trial.trial_id] = epoch
+        self._tag_placement(trial.trial_id, run_id, result)
+
+    def _tag_placement(self, trial_id: str, run_id: str, result: dict) -> None:
+        """Node and device tags, updated when a retried or resumed trial moves."""
+        node = f"{result.get('hostname', '?')} ({result.get('node_ip', '?')})"
+        where = (node, str(result.get("node_id", "")), str(result.get("device", "")))
+        if self.placed.get(trial_id) == where:
+            return
+        self.placed[trial_id] = where
+        for key, value in zip(("kdsearch.node", "kdsearch.node_id", "kdsearch.device"), where,
+                              strict=True):
+            if value:
+                self.client.set_tag(run_id, key, value)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         epochs = int((trial.last_result or {}).get("epoch", 0))

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -16,6 +17,8 @@ from kdsearch.trial import TrialContext, fit
 
 
 def _report(metrics: dict[str, Any], checkpoint_dir: Path) -> None:
+    # Which Ray node ran this epoch: a trial may move after a node is lost.
+    metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}
     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
 

@@ -103,7 +103,7 @@ def fit(ctx: TrialContext, sampled: Mapping[str, Any], report: Report,
                                   settings.alpha, settings.temperature, **speed)
         metrics.update(evaluate(student, val_loader, device, ctx.classes, **speed))
         schedule.step()
-        metrics.update({"epoch": epoch, "lr": lr})
+        metrics.update({"epoch": epoch, "lr": lr, "device": str(device)})
         with tempfile.TemporaryDirectory(prefix="kdsearch-ckpt-") as tmp:
             torch.save({"epoch": epoch, "student": student.state_dict(),
                         "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),

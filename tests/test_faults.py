@@ -116,12 +116,17 @@ def maybe_remove():
     experiment = client.get_experiment_by_name("tiny")
     runs = experiment and client.search_runs(
         [experiment.experiment_id], "tags.`kdsearch.role` = 'trial'")
-    # Both workers hold a trial with a checkpoint once two open runs logged 2 epochs.
-    open_runs = [r for r in runs or [] if r.info.status == "RUNNING"]
-    if len(open_runs) >= 2 and all(len(client.get_metric_history(
-            r.info.run_id, "val_acc")) >= 2 for r in open_runs):
-        cluster.remove_node(workers[0])
-        removed.append(time.time())
+    # A trial with a checkpoint (2 epochs logged) is running: lose the worker it runs on.
+    for run in runs or []:
+        node_id = run.data.tags.get("kdsearch.node_id")
+        if run.info.status != "RUNNING" or len(client.get_metric_history(
+                run.info.run_id, "val_acc")) < 2:
+            continue
+        for worker in workers:
+            if worker.node_id == node_id:
+                cluster.remove_node(worker)
+                removed.append(node_id)
+                return
 
 threading.Thread(target=remove_a_worker_mid_trial, daemon=True).start()
 outcome = run_search(cfg, folder / "space.yaml", say=lambda m: print(m, flush=True))
