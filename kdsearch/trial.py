@@ -100,7 +100,8 @@ def fit(ctx: TrialContext, sampled: Mapping[str, Any], report: Report,
     for epoch in range(start + 1, epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         metrics: dict[str, Any] = train_one_epoch(
-            student, train_epoch(epoch), optimizer, device, teacher, settings.temperature, **speed)
+            student, train_epoch(epoch), optimizer, device, teacher, settings.alpha,
+            settings.temperature, **speed)
         metrics.update(evaluate(student, val_loader, device, ctx.classes, **speed))
         schedule.step()
         metrics.update({"epoch": epoch, "lr": lr, "device": str(device)})
