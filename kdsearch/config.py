@@ -211,6 +211,9 @@ class Resources(_Model):
 
 class Tracking(_Model):
     uri: str | None = None  # None: sqlite:///<start dir>/mlflow.db
+    top_k: Annotated[int, Field(ge=0)] = 3  # the best k trials keep their student checkpoint
+    # The Model Registry name of the best student; None: "<experiment.name>-student".
+    registered_model: Annotated[str, Field(min_length=1)] | None = None
 
 
 class SpaceConfig(_Model):

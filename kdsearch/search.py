@@ -19,6 +19,7 @@ from kdsearch.config import ConfigError, SpaceConfig
 from kdsearch.datasets import DatasetSplits, load_dataset, prepare_data
 from kdsearch.placement import teacher_and_cache
 from kdsearch.progress import Progress
+from kdsearch.publish import publish
 from kdsearch.resume import (
     SearchRecord,
     mark_finished,
@@ -56,6 +57,7 @@ class TrialRow:
     epochs: int
     value: float | None
     config: dict[str, Any]
+    checkpoint: tune.Checkpoint | None = None  # the last one: it scored ``value``
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +80,8 @@ def init_ray(cfg: SpaceConfig, address: str | None, say: Any = print) -> SpaceCo
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # The legacy reporter honours verbose=0; kdsearch draws its own progress line.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Snapshots after every checkpoint are what a resume relies on (see _checkpointing).
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False,
                               "configure_logging": True}
     address = address or os.environ.get("RAY_ADDRESS")
@@ -139,9 +143,11 @@ def _artifact_root(cfg: SpaceConfig) -> str | None:
 
 def _start_parent(client: MlflowClient, cfg: SpaceConfig, space_path: Path) -> tuple[str, str]:
     experiment = client.get_experiment_by_name(cfg.experiment.name)
+    # The "Model training" view of the MLflow UI (it shows new experiments as GenAI ones).
     experiment_id = (experiment.experiment_id if experiment
-                     else client.create_experiment(cfg.experiment.name,
-                                                   artifact_location=_artifact_root(cfg)))
+                     else client.create_experiment(
+                         cfg.experiment.name, artifact_location=_artifact_root(cfg),
+                         tags={"mlflow.experimentKind": "custom_model_development"}))
     run = client.create_run(experiment_id, run_name=f"search-{time.strftime('%Y%m%d-%H%M%S')}",
                             tags={ROLE: "search", STATUS: "running"})
     run_id = run.info.run_id
@@ -151,7 +157,8 @@ def _start_parent(client: MlflowClient, cfg: SpaceConfig, space_path: Path) -> t
     log_params(client, run_id, {"num_samples": cfg.search.num_samples,
                                 "sampler": cfg.search.sampler,
                                 "scheduler": cfg.search.scheduler.name,
-                                "metric": cfg.search.metric})
+                                "metric": cfg.search.metric, "mode": cfg.search.mode,
+                                "searched": ",".join(cfg.search.space)})
     return experiment_id, run_id
 
 
@@ -214,7 +221,8 @@ def _rows(results: tune.ResultGrid, runs: dict[str, tuple[str, str]], cfg: Space
         epochs = int(metrics.get("epoch", 0))
         run_id, status = runs.get(trial_id, (None, "interrupted"))
         rows.append(TrialRow(trial_id, run_id, status, epochs,
-                             metrics.get(cfg.search.metric), dict(result.config or {})))
+                             metrics.get(cfg.search.metric), dict(result.config or {}),
+                             result.checkpoint))
     sign = -1 if cfg.search.mode == "max" else 1
     return sorted(rows, key=lambda r: (r.status != "completed", r.value is None,
                                        sign * (r.value or 0)))
@@ -256,7 +264,8 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
         client.set_tag(parent_id, "kdsearch.cache", redact(cache) if cache else "off")
         ctx = TrialContext(cfg, data.classes, str(teacher.path), data.train, data.val,
                            None if cache is None else str(cache))
-        callbacks = [MLflowTrials(client, experiment_id, parent_id, cfg, data.classes),
+        callbacks = [MLflowTrials(client, experiment_id, parent_id, cfg, data.classes,
+                                  redacted_config(cfg)),
                      Progress(cfg.search.metric, cfg.search.mode, cfg.student.epochs,
                               cfg.search.num_samples)]
         write_record(cfg, record)
@@ -267,6 +276,8 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
         rows = _rows(results, trial_runs(client, experiment_id, parent_id), cfg)
         best = next((r for r in rows if r.status == "completed"), None)
         interrupted = sum(r.status != "interrupted" for r in rows) < cfg.search.num_samples
+        if not interrupted:
+            publish(client, cfg, data.classes, experiment_id, parent_id, rows, say)
         _finish_parent(client, parent_id, cfg, best, interrupted)
         if not interrupted:
             mark_finished(cfg, record)

@@ -30,3 +30,56 @@ def write_tiny_space(folder: Path, **sections: Any) -> Path:
     path = folder / "space.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
+
+
+def browser_executable() -> str | None:
+    """A Chromium for the browser tests: ``KDSEARCH_CHROMIUM``, else one on PATH."""
+    import os
+    import shutil
+
+    found = os.environ.get("KDSEARCH_CHROMIUM")
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = found or shutil.which(name)
+    return found
+
+
+def screenshot_runs(server: str, experiment_id: str, expect: list[str], out: Path,
+                    width: int = 1600, height: int = 900, order_by: str | None = None,
+                    columns: tuple[str, ...] = ()) -> str:
+    """Open the experiment's runs page of the MLflow UI at ``server`` in headless Chromium,
+    expand the nested runs, show ``columns`` (metric, param or tag names), wait until every
+    name in ``expect`` shows, and save a screenshot to ``out``. Returns the page's text."""
+    from playwright.sync_api import sync_playwright
+
+    executable = browser_executable()
+    if executable is None:
+        raise FileNotFoundError("no Chromium found (apt-get install chromium)")
+    query = f"?orderByKey={order_by}&orderByAsc=false" if order_by else ""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable,
+                                             args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(f"{server}/#/experiments/{experiment_id}/runs{query}")
+            page.get_by_text(expect[0]).first.wait_for(timeout=60_000)
+            close = page.get_by_role("button", name="Close")  # the assistant side panel
+            if close.count():
+                close.first.click()
+            expand = page.locator(  # the "+" before a parent run shows its nested runs
+                "button[data-component-id$='runnamecellrenderer.tsx_46']")
+            for i in range(expand.count()):
+                expand.nth(i).click()
+            if columns:
+                page.get_by_test_id("column-selection-dropdown").first.click()
+                menu = page.get_by_role("menu").or_(page.get_by_role("dialog")).last
+                for column in columns:
+                    menu.get_by_text(column, exact=True).first.click()
+                page.keyboard.press("Escape")
+            for name in expect:
+                page.get_by_text(name).first.wait_for(timeout=30_000)
+            page.wait_for_timeout(500)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(out))
+            return str(page.inner_text("body"))
+        finally:
+            browser.close()

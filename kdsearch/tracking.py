@@ -13,10 +13,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from kdsearch.best import final_space
 from kdsearch.config import SpaceConfig
 from kdsearch.datasets import DatasetSplits
 from kdsearch.storage import redact
@@ -26,6 +28,8 @@ STATUS = "kdsearch.status"
 ROLE = "kdsearch.role"
 PARENT = "mlflow.parentRunId"
 CONFUSION = "val_confusion"
+TRIAL_SPACE = "trial_space.yaml"
+FINAL_METRICS = ("val_acc", "val_video_acc", "val_vote_acc", "val_macro_f1", "val_loss")
 
 
 def fixed_params(cfg: SpaceConfig, classes: tuple[str, ...]) -> dict[str, Any]:
@@ -104,9 +108,10 @@ class MLflowTrials(Callback):
     """
 
     def __init__(self, client: MlflowClient, experiment_id: str, parent_id: str,
-                 cfg: SpaceConfig, classes: tuple[str, ...]) -> None:
+                 cfg: SpaceConfig, classes: tuple[str, ...], space: Mapping[str, Any]) -> None:
         self.client, self.experiment_id, self.parent_id = client, experiment_id, parent_id
         self.cfg, self.classes = cfg, classes
+        self.space = space  # the resolved space file, credentials redacted
         self.runs: dict[str, str] = {}
         self.status: dict[str, str] = {}
         self.logged: dict[str, int] = {}  # trial id -> last epoch logged
@@ -142,6 +147,9 @@ class MLflowTrials(Callback):
         settings = TrialSettings.resolve(self.cfg.student, trial.config)
         params = {**vars(settings), **fixed_params(self.cfg, self.classes)}
         log_params(self.client, run_id, params)
+        # This trial as a space file of its own: `python -m kdsearch.run` trains it again.
+        self.client.log_text(run_id, yaml.safe_dump(final_space(self.space, trial.config),
+                                                    sort_keys=False), TRIAL_SPACE)
 
     def _find_run(self, trial_id: str) -> str | None:
         """The run of ``trial_id`` created before a driver crash (after the last snapshot of
@@ -191,9 +199,23 @@ class MLflowTrials(Callback):
         self.client.set_tag(run_id, "kdsearch.epochs_run", str(last.get("epoch", 0)))
         if error:
             self.client.set_tag(run_id, "kdsearch.error", error[:5000])
+        log_metrics(self.client, run_id, self._final_metrics(run_id))
         if last.get(CONFUSION) is not None:  # the last epoch's, like the reported metric
             log_confusion(self.client, run_id, last[CONFUSION], self.classes)
         self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
+
+
+    def _final_metrics(self, run_id: str) -> dict[str, float]:
+        """best_* and last_* of the headline metrics, from the run's whole history (a resumed
+        trial's earlier epochs included)."""
+        final = {}
+        for key in FINAL_METRICS:
+            history = sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.step)
+            if history:
+                values = [m.value for m in history]
+                final[f"best_{key}"] = min(values) if key == "val_loss" else max(values)
+                final[f"last_{key}"] = values[-1]
+        return final
 
 
 def trial_runs(client: MlflowClient, experiment_id: str, parent_id: str

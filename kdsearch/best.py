@@ -1,0 +1,337 @@
+"""``python -m kdsearch.best --experiment NAME``: the best trial of a search, as a space file.
+
+Reads the search's records in MLflow, ranks its completed trials, says whether the best one
+is distinguishable from the runners-up, and writes a space file that trains it once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import logging
+import math
+import os
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdsearch.config import SEARCHABLE, Student
+
+# The tags of kdsearch.tracking (which imports this module, so they are repeated here).
+ROLE = "kdsearch.role"
+STATUS = "kdsearch.status"
+PARENT = "mlflow.parentRunId"
+TRIAL_SPACE = "trial_space.yaml"
+EXIT_NOTHING = 1
+EXIT_BAD_INPUT = 2
+DEFAULT_SEARCHED = ("alpha", "temperature", "lr", "backbone")
+
+
+def final_space(space: Mapping[str, Any], sampled: Mapping[str, Any],
+                experiment: str | None = None) -> dict[str, Any]:
+    """The space file (a dict) that trains one configuration once: ``space`` with the
+    ``sampled`` student settings fixed and no search left."""
+    out: dict[str, Any] = copy.deepcopy(dict(space))
+    student = out.setdefault("student", {})
+    for name, value in sampled.items():
+        if name in SEARCHABLE:
+            student[name] = value.item() if hasattr(value, "item") else value  # numpy scalars
+    search = out.setdefault("search", {})
+    search.update(space={}, num_samples=1, max_concurrent=1, scheduler={"name": "none"})
+    if experiment is not None:
+        out.setdefault("experiment", {})["name"] = experiment
+    return out
+
+
+class BestError(Exception):
+    """An expected failure: one line for stderr and the exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_BAD_INPUT) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    run_id: str
+    trial_id: str
+    value: float
+    params: dict[str, str]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m kdsearch.best",
+        description="Pick the best completed trial of a search and write it as a space file "
+                    "that trains that student once.")
+    parser.add_argument("--experiment", required=True, help="the experiment.name searched")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
+    parser.add_argument("--out", type=Path, default=Path("best.yaml"),
+                        help="the space file to write (default: best.yaml)")
+    parser.add_argument("--search", default=None, metavar="RUN_ID",
+                        help="the search's parent run id (default: the latest search with a "
+                             "completed trial)")
+    parser.add_argument("--top", type=int, default=5, metavar="N",
+                        help="trials to list (default: 5)")
+    return parser.parse_args(argv)
+
+
+def open_store(uri: str | None) -> Any:
+    """An MlflowClient on ``uri``; a SQLite file must exist (MLflow would create it)."""
+    uri = uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+        if not path.is_file():
+            raise BestError(f"no MLflow database at {path.absolute()}; pass the search's "
+                            "store with --tracking-uri (sqlite:///path/mlflow.db, http://host)")
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def find_experiment(client: Any, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None or experiment.lifecycle_stage != "active":
+        names = sorted(e.name for e in client.search_experiments())
+        raise BestError(f"no experiment {name!r} in this store (experiments: "
+                        f"{', '.join(names) or 'none'})")
+    return str(experiment.experiment_id)
+
+
+def _trials(client: Any, experiment_id: str, parent_id: str, completed: bool = False
+            ) -> list[Any]:
+    query = f"tags.`{PARENT}` = '{parent_id}' and tags.`{ROLE}` = 'trial'"
+    if completed:
+        query += f" and tags.`{STATUS}` = 'completed'"
+    return list(client.search_runs([experiment_id], query, max_results=1 if completed
+                                   else 50000))
+
+
+def choose_search(client: Any, experiment_id: str, name: str, search_id: str | None) -> Any:
+    """The given search, or the latest one with at least one completed trial."""
+    from mlflow.exceptions import MlflowException
+
+    if search_id is not None:
+        try:
+            run = client.get_run(search_id)
+        except MlflowException:
+            raise BestError(f"--search {search_id}: no such run") from None
+        if run.info.experiment_id != experiment_id or run.data.tags.get(ROLE) != "search":
+            raise BestError(f"--search {search_id}: not a search of experiment {name!r}")
+        return run
+    searches = client.search_runs([experiment_id], f"tags.`{ROLE}` = 'search'",
+                                  order_by=["attributes.start_time DESC"], max_results=50000)
+    if not searches:
+        raise BestError(f"experiment {name!r} has no search runs", EXIT_NOTHING)
+    for run in searches:
+        if _trials(client, experiment_id, run.info.run_id, completed=True):
+            if run is not searches[0]:
+                print(f"note: later searches have no completed trial yet (the latest: "
+                      f"{searches[0].info.run_name}, run {searches[0].info.run_id})")
+            return run
+    return searches[0]  # none has a completed trial: its counts explain why
+
+
+def candidates(runs: Sequence[Any], metric: str, mode: str, prefer: str | None = None
+               ) -> list[Candidate]:
+    """Completed trials with a finite ``metric``, best first; among equal values the run
+    the search itself named best (``prefer``) comes first."""
+    found = []
+    for run in runs:
+        value = run.data.metrics.get(metric)
+        if run.data.tags.get(STATUS) == "completed" and value is not None and math.isfinite(
+                value):
+            found.append(Candidate(run.info.run_id, run.data.tags.get("kdsearch.trial_id", "?"),
+                                   float(value), dict(run.data.params)))
+    return sorted(found, key=lambda c: (-c.value if mode == "max" else c.value,
+                                        c.run_id != prefer))
+
+
+def status_counts(runs: Sequence[Any]) -> str:
+    counts = Counter(run.data.tags.get(STATUS, "unknown") for run in runs)
+    return ", ".join(f"{n} {status}" for status, n in counts.most_common()) or "no trials"
+
+
+def searched_names(parent: Any, best: Candidate) -> list[str]:
+    text = parent.data.params.get("searched")
+    if text:
+        return [n for n in text.split(",") if n]
+    return [n for n in DEFAULT_SEARCHED if n in best.params]
+
+
+def _fmt(text: str) -> str:
+    """A param as logged (a string), numbers shortened: 0.000412345 -> 0.0004123."""
+    try:
+        int(text)
+        return text
+    except ValueError:
+        pass
+    try:
+        return f"{float(text):.4g}"
+    except ValueError:
+        return text
+
+
+def print_table(top: Sequence[Candidate], metric: str, names: Sequence[str]) -> None:
+    rows = [[str(i), c.run_id, c.trial_id, f"{c.value:.4f}",
+             *(_fmt(c.params.get(n, "-")) for n in names)] for i, c in enumerate(top, 1)]
+    header = ["rank", "run id", "trial id", metric, *names]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.rjust(w) if i in (0, 3) else cell.ljust(w)
+                        for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip())
+
+
+def noise_note(ranked: Sequence[Candidate], metric: str, n_val: float | None) -> str:
+    """Whether the runners-up are tied with the best, or within one binomial standard error
+    of its accuracy on ``n_val`` validation videos."""
+    best, others = ranked[0], ranked[1:]
+    if not others:
+        return "only one completed trial: nothing to compare the best with."
+    p = best.value
+    se = (math.sqrt(p * (1 - p) / n_val) if metric != "val_loss" and n_val and 0 <= p <= 1
+          else None)
+    tied = [c for c in others if c.value == best.value]
+    near = [c for c in others if se and abs(c.value - best.value) <= se]
+    if near:
+        exact = f" ({len(tied)} tied exactly)" if tied else ""
+        return (f"note: {_trials_are(len(near))} within one standard error ({se:.3f}, "
+                f"{n_val:g} validation videos) of the best{exact}: "
+                f"{', '.join(c.trial_id for c in near)}; their ranking is noise. More "
+                "validation videos, or re-running them with another search.seed, would "
+                "separate them.")
+    if tied:
+        return (f"note: {_trials_are(len(tied))} tied with the best ({metric} "
+                f"{best.value:.4f}): {', '.join(c.trial_id for c in tied)}; which one ranks "
+                "first is arbitrary. Re-running them with another search.seed would separate "
+                "them.")
+    gap = abs(best.value - others[0].value)
+    if se is None:
+        why = ("no noise estimate for val_loss" if metric == "val_loss"
+               else "no data_val_videos on the search to estimate the noise")
+        return f"the best is ahead of the next ({others[0].trial_id}) by {gap:.4f} ({why})."
+    return (f"the best is ahead of the next ({others[0].trial_id}) by {gap:.4f}, more than "
+            f"the noise (one standard error: {se:.3f}, {n_val:g} validation videos).")
+
+
+def _trials_are(n: int) -> str:
+    return "1 trial is" if n == 1 else f"{n} trials are"
+
+
+def _artifact(client: Any, run_id: str, path: str) -> dict[str, Any] | None:
+    """A YAML artifact as a dict; None when the run has none."""
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = client.download_artifacts(run_id, path, tmp)
+        except (MlflowException, OSError):
+            return None
+        try:
+            data = yaml.safe_load(Path(local).read_text())
+        except yaml.YAMLError as err:
+            raise BestError(f"{path} of run {run_id} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise BestError(f"{path} of run {run_id} is not a space file (a mapping)")
+    return data
+
+
+def _typed(name: str, text: str) -> Any:
+    kind = Student.model_fields[name].annotation
+    try:
+        return int(text) if kind is int else float(text) if kind is float else text
+    except ValueError:
+        raise BestError(f"param {name}={text!r} of the best run is not "
+                        f"{'an integer' if kind is int else 'a number'}") from None
+
+
+def best_space(client: Any, parent: Any, best: Candidate, names: Sequence[str]
+               ) -> dict[str, Any]:
+    """The best run's own space file, or the search's one with the run's params."""
+    space = _artifact(client, best.run_id, TRIAL_SPACE)
+    if space is not None:
+        return space
+    space = _artifact(client, parent.info.run_id, "resolved_space.yaml")
+    if space is None:
+        raise BestError(f"neither run {best.run_id} ({TRIAL_SPACE}) nor its search "
+                        "(resolved_space.yaml) has a space file to rebuild it from")
+    wanted = {*names, *(space.get("search") or {}).get("space", {})}
+    sampled = {n: _typed(n, best.params[n]) for n in SEARCHABLE
+               if n in wanted and n in best.params}
+    print(f"note: run {best.run_id} has no {TRIAL_SPACE}; rebuilt from the search's "
+          f"resolved_space.yaml and the run's params ({', '.join(sampled)})")
+    return final_space(space, sampled)
+
+
+def write_space(path: Path, space: Mapping[str, Any], header: str) -> None:
+    """Write atomically: a temporary file beside ``path``, then a rename."""
+    if not path.parent.is_dir():
+        raise BestError(f"--out {path}: {path.parent} is not a directory")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(header + yaml.safe_dump(dict(space), sort_keys=False))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run(args: argparse.Namespace) -> int:
+    client = open_store(args.tracking_uri)
+    experiment_id = find_experiment(client, args.experiment)
+    parent = choose_search(client, experiment_id, args.experiment, args.search)
+    params = parent.data.params
+    metric = params.get("metric", "val_acc")
+    mode = params.get("mode") or ("min" if metric == "val_loss" else "max")
+    print(f"search: {parent.info.run_name} (run {parent.info.run_id}, "
+          f"{parent.data.tags.get(STATUS, 'unknown')})")
+    runs = _trials(client, experiment_id, parent.info.run_id)
+    ranked = candidates(runs, metric, mode, parent.data.tags.get("kdsearch.best_run_id"))
+    if not ranked:
+        raise BestError(f"search {parent.info.run_id} has no completed trial with {metric} "
+                        f"({status_counts(runs)})", EXIT_NOTHING)
+    print(f"trials: {status_counts(runs)}; ranked by {metric} ({mode}), completed only\n")
+    best = ranked[0]
+    names = searched_names(parent, best)
+    print_table(ranked[:max(args.top, 1)], metric, names)
+    print(f"\nbest: run {best.run_id}, trial {best.trial_id}, {metric} {best.value:.4f}")
+    print(noise_note(ranked, metric, parent.data.metrics.get("data_val_videos")))
+    space = final_space(best_space(client, parent, best, names), {},
+                        experiment=f"{args.experiment}-final")
+    header = (f"# The best trial of experiment {args.experiment}: run {best.run_id} (trial "
+              f"{best.trial_id}) of search {parent.info.run_id}, {metric} {best.value:.4f}.\n"
+              f"# Trains that student once:  python -m kdsearch.run {args.out}\n")
+    write_space(args.out, space, header)
+    print(f"\nwrote {args.out}: train the final student with  python -m kdsearch.run "
+          f"{args.out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return run(args)
+    except BestError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.code
+    except (MlflowException, OSError) as err:
+        line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        print(f"error: cannot read the MLflow records: {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

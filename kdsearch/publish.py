@@ -1,0 +1,168 @@
+"""What a finished search leaves in MLflow besides the per-epoch records.
+
+The parent run gets the table of all trials and the plots (``report/``); the best
+``tracking.top_k`` trials keep their student checkpoint; the best student is logged with
+``mlflow.pytorch.log_model`` and registered in the Model Registry. Every step can run twice
+(a resumed search that crashed while publishing) without recording anything twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import io
+import logging
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.tracking import MlflowClient
+
+from kdsearch.config import SpaceConfig
+from kdsearch.engine import Normalized, build_model
+from kdsearch.report import TrialRecord, write_report
+from kdsearch.tracking import PARENT, ROLE
+from kdsearch.trial import CHECKPOINT_FILE
+
+if TYPE_CHECKING:
+    from kdsearch.search import TrialRow
+
+MODEL_NAME = "student"  # the logged model's name inside the best trial's run
+
+
+def publish(client: MlflowClient, cfg: SpaceConfig, classes: tuple[str, ...],
+            experiment_id: str, parent_id: str, rows: Sequence[TrialRow],
+            say: Callable[[str], None]) -> None:
+    """Report, top-k checkpoints, registered best student. A step that fails is a warning:
+    the trials' results are already safe in MLflow and in Tune's storage."""
+    best = next((r for r in rows if r.status == "completed" and r.run_id), None)
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("the trials table and plots",
+         lambda: log_report(client, cfg, experiment_id, parent_id, rows)),
+        ("the top trials' checkpoints", lambda: log_checkpoints(client, cfg, rows)),
+    ]
+    if best is not None:
+        steps.append(("the best student in the Model Registry",
+                      lambda: say(register_best(client, cfg, classes, best))))
+    for what, step in steps:
+        try:
+            step()
+        except Exception as err:  # noqa: BLE001 - one failed step must not cost the others
+            message = f"could not record {what}: {type(err).__name__}: {err}"
+            say(f"warning: {message}")
+            client.set_tag(parent_id, "kdsearch.publish_error", message[:5000])
+
+
+def trial_records(client: MlflowClient, cfg: SpaceConfig, experiment_id: str, parent_id: str,
+                  rows: Sequence[TrialRow]) -> list[TrialRecord]:
+    """Each trial as the report sees it: Tune's sampled values, MLflow's metrics."""
+    runs = {r.info.run_id: r for r in client.search_runs(
+        [experiment_id], f"tags.`{PARENT}` = '{parent_id}' and tags.`{ROLE}` = 'trial'",
+        max_results=50000)}
+    records = []
+    for row in rows:
+        run = runs.get(row.run_id or "")
+        metrics = dict(run.data.metrics) if run else {}
+        history = ({m.step: m.value for m in client.get_metric_history(
+            row.run_id, cfg.search.metric)} if run and row.run_id else {})
+        params = {k: v for k, v in row.config.items() if k in cfg.search.space}
+        records.append(TrialRecord(row.trial_id, row.run_id, row.status, row.epochs, params,
+                                   metrics, history))
+    return records
+
+
+def log_report(client: MlflowClient, cfg: SpaceConfig, experiment_id: str, parent_id: str,
+               rows: Sequence[TrialRow]) -> None:
+    records = trial_records(client, cfg, experiment_id, parent_id, rows)
+    with tempfile.TemporaryDirectory(prefix="kdsearch-report-") as tmp:
+        write_report(records, cfg.search, Path(tmp))
+        client.log_artifacts(parent_id, tmp, "report")
+
+
+def log_checkpoints(client: MlflowClient, cfg: SpaceConfig, rows: Sequence[TrialRow]) -> None:
+    """The best ``tracking.top_k`` completed trials keep their last student checkpoint."""
+    top = [r for r in rows if r.status == "completed" and r.run_id and r.checkpoint]
+    for rank, row in enumerate(top[:cfg.tracking.top_k], start=1):
+        assert row.run_id is not None and row.checkpoint is not None
+        with row.checkpoint.as_directory() as folder:
+            client.log_artifact(row.run_id, str(Path(folder) / CHECKPOINT_FILE), "checkpoint")
+        client.set_tag(row.run_id, "kdsearch.rank", str(rank))
+
+
+def load_student(row: TrialRow, num_classes: int) -> Normalized:
+    """The trial's student as its last checkpoint left it, on the CPU, in eval mode."""
+    assert row.checkpoint is not None
+    with row.checkpoint.as_directory() as folder:
+        state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu",
+                           weights_only=True)
+    student = build_model(state["settings"]["backbone"], num_classes, "none", "student")
+    student.load_state_dict(state["student"])
+    return student.eval()
+
+
+def registered_name(cfg: SpaceConfig) -> str:
+    return cfg.tracking.registered_model or f"{cfg.experiment.name}-student"
+
+
+def register_best(client: MlflowClient, cfg: SpaceConfig, classes: tuple[str, ...],
+                  best: TrialRow) -> str:
+    """Log the best student to its trial's run and register it; returns what was done."""
+    name = registered_name(cfg)
+    done = client.search_model_versions(f"name = '{name}' and run_id = '{best.run_id}'")
+    if done:
+        return f"best student: already registered as {name} version {done[0].version}"
+    student = load_student(best, len(classes))
+    clip = cfg.student.clip
+    # A float clip in [0, 1], (batch, channels, frames, height, width); the model normalises.
+    example = np.random.default_rng(0).random(
+        (1, 3, clip.num_frames, clip.crop_size, clip.crop_size), dtype=np.float32)
+    # pickle: load_model gives back the kdsearch module itself (pt2, MLflow's default, gives
+    # a torch.export graph). The requirements are named so that MLflow does not load the
+    # model in a subprocess to guess them. MLflow's chatter (a pickle warning, registry
+    # prints) is kept off the search's output; failures still raise.
+    chatter = io.StringIO()
+    with (mlflow.start_run(run_id=best.run_id), _quiet("mlflow.pytorch"),
+          contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter)):
+        info = mlflow.pytorch.log_model(
+            student, name=MODEL_NAME, input_example=example, serialization_format="pickle",
+            registered_model_name=name, pip_requirements=_requirements(),
+            metadata={"classes": list(classes), "clip": clip.model_dump(),
+                      "input": "float32 clips in [0, 1], shape (N, 3, frames, height, width)"})
+    version = str(info.registered_model_version)
+    value = "-" if best.value is None else f"{best.value:.4f}"
+    tags = {"val_metric": cfg.search.metric, "value": value,
+            "teacher": cfg.teacher.model, "backbone": str(best.config.get(
+                "backbone", cfg.student.backbone)),
+            "alpha": str(best.config.get("alpha", cfg.student.alpha)),
+            "temperature": str(best.config.get("temperature", cfg.student.temperature)),
+            "trial_id": best.trial_id, "experiment": cfg.experiment.name}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    assert best.run_id is not None
+    client.set_tag(best.run_id, "kdsearch.registered_model", f"{name}/{version}")
+    return f"best student: registered as {name} version {version}"
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _requirements() -> list[str]:
+    found = []
+    for package in ("torch", "torchvision", "pytorchvideo", "numpy"):
+        try:
+            found.append(f"{package}=={importlib.metadata.version(package).split('+')[0]}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found

@@ -1,0 +1,190 @@
+"""Picking the best configuration: what one real short search leaves in MLflow, read through a
+real ``mlflow server`` (REST API and the UI in headless Chromium), the registered best student,
+and ``kdsearch.best``'s space file trained by ``kdsearch.run``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import mlflow_server
+from mlflow.tracking import MlflowClient
+
+from kdsearch.testing import TINY_SPACE, browser_executable, screenshot_runs, write_tiny_space
+
+ARTIFACTS = Path(os.environ.get("KDSEARCH_TEST_ARTIFACTS",
+                                Path(__file__).resolve().parent.parent / "test-artifacts"))
+
+
+@pytest.fixture(scope="module")
+def searched(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One real search (Ray Tune, Optuna, ASHA) into a local SQLite store."""
+    from kdsearch.search import run_search
+    from kdsearch.spacefile import load_space
+
+    folder = tmp_path_factory.mktemp("search")
+    search = {**TINY_SPACE["search"], "num_samples": 4}
+    path = write_tiny_space(folder, search=search, student={**TINY_SPACE["student"],
+                                                            "epochs": 3},
+                            tracking={"top_k": 2})
+    cfg = load_space(path, cwd=folder)
+    said: list[str] = []
+    outcome = run_search(cfg, path, say=said.append)
+    assert outcome.best is not None
+    return {"folder": folder, "cfg": cfg, "outcome": outcome, "said": said,
+            "store": f"sqlite:///{folder / 'mlflow.db'}"}
+
+
+@pytest.fixture(scope="module")
+def server(searched: dict[str, Any]) -> Iterator[str]:
+    with mlflow_server(searched["store"]) as uri:
+        yield uri
+
+
+def _api(server: str, endpoint: str, body: dict[str, Any] | None = None,
+         **query: str) -> dict[str, Any]:
+    url = f"{server}/api/2.0/mlflow/{endpoint}"
+    if query:
+        url += "?" + urllib.parse.urlencode(query)
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return dict(json.loads(response.read()))
+
+
+def _artifacts(server: str, run_id: str, path: str = "") -> set[str]:
+    listed = _api(server, "artifacts/list", run_id=run_id, path=path)
+    return {f["path"] for f in listed.get("files", [])}
+
+
+def test_the_server_shows_the_search(searched: dict[str, Any], server: str) -> None:
+    experiment = _api(server, "experiments/get-by-name", experiment_name="tiny")["experiment"]
+    tags = {t["key"]: t["value"] for t in experiment.get("tags", [])}
+    assert tags["mlflow.experimentKind"] == "custom_model_development"  # the training view
+    runs = _api(server, "runs/search", {"experiment_ids": [experiment["experiment_id"]],
+                                         "max_results": 100})["runs"]
+
+    def tags_of(run: dict[str, Any]) -> dict[str, str]:
+        return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+
+    (parent,) = [r for r in runs if tags_of(r)["kdsearch.role"] == "search"]
+    parent_id = parent["info"]["run_id"]
+    trials = [r for r in runs if tags_of(r)["kdsearch.role"] == "trial"]
+    assert len(trials) == 4
+    assert all(tags_of(r)["mlflow.parentRunId"] == parent_id for r in trials)  # nested
+
+    # The parent: the space file, the teacher's accuracy, the trials table and the plots.
+    parent_metrics = {m["key"] for m in parent["data"]["metrics"]}
+    assert {"teacher_val_acc", "best_val_acc"} <= parent_metrics
+    assert {"space.yaml", "resolved_space.yaml", "report"} <= _artifacts(server, parent_id)
+    report = _artifacts(server, parent_id, "report")
+    assert {"report/trials.parquet", "report/trials.csv",
+            "report/search_report.html", "report/plots"} <= report
+    plots = _artifacts(server, parent_id, "report/plots")
+    assert {"report/plots/optimization_history.png", "report/plots/learning_curves.png",
+            "report/plots/alpha_temperature.png"} <= plots
+
+    completed = [r for r in trials if tags_of(r)["kdsearch.status"] == "completed"]
+    assert completed
+    for run in trials:
+        run_id, tags = run["info"]["run_id"], tags_of(run)
+        params = {p["key"] for p in run["data"]["params"]}
+        assert {"alpha", "temperature", "lr", "backbone", "teacher", "data_format",
+                "epochs", "clip_frames", "crop_size"} <= params
+        assert {"kdsearch.status", "kdsearch.epochs_run", "kdsearch.trial_id",
+                "kdsearch.node", "kdsearch.device"} <= set(tags)
+        assert tags["kdsearch.device"] == "cpu"
+        metrics = {m["key"] for m in run["data"]["metrics"]}
+        assert {"val_acc", "val_video_acc", "val_macro_f1", "best_val_acc", "last_val_acc",
+                "best_val_video_acc", "last_val_macro_f1"} <= metrics
+        assert any(key.startswith("val_class_acc.") for key in metrics)
+        history = _api(server, "metrics/get-history", run_id=run_id, metric_key="val_acc")
+        steps = sorted(m["step"] for m in history["metrics"])
+        assert steps == list(range(1, int(tags["kdsearch.epochs_run"]) + 1))  # per epoch
+        assert {"trial_space.yaml", "confusion_matrix.png"} <= _artifacts(server, run_id)
+    # The top-k (2) completed trials, in the search's ranking, keep their student checkpoint.
+    top = [r.run_id for r in searched["outcome"].rows if r.status == "completed"][:2]
+    with_checkpoint = {r["info"]["run_id"] for r in trials
+                       if "checkpoint" in _artifacts(server, r["info"]["run_id"])}
+    assert with_checkpoint == set(top)
+    assert {"checkpoint/student.pt"} == _artifacts(server, top[0], "checkpoint")
+
+
+def test_the_runs_page_renders_in_chromium(searched: dict[str, Any], server: str) -> None:
+    if browser_executable() is None:
+        if os.environ.get("KDSEARCH_REQUIRE_BROWSER"):
+            pytest.fail("KDSEARCH_REQUIRE_BROWSER is set but no Chromium was found")
+        pytest.skip("no Chromium on this machine (apt-get install chromium)")
+    outcome = searched["outcome"]
+    trial_names = [f"trial-{row.trial_id}" for row in outcome.rows]
+    shot = ARTIFACTS / "mlflow-runs-page.png"
+    text = screenshot_runs(server, outcome.experiment_id, ["search-", *trial_names], shot,
+                           columns=("val_acc", "alpha", "temperature"))
+    assert all(name in text for name in trial_names)  # the nested trial runs, expanded
+    assert "val_acc" in text and "alpha" in text  # the columns a reader compares
+    assert shot.stat().st_size > 20_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_registered_student_predicts_like_its_checkpoint(searched: dict[str, Any]
+                                                             ) -> None:
+    from kdsearch.engine import build_model
+
+    outcome, cfg = searched["outcome"], searched["cfg"]
+    client = MlflowClient(searched["store"])
+    (version,) = client.search_model_versions("name = 'tiny-student'")
+    assert version.run_id == outcome.best.run_id
+    assert version.tags["teacher"] == "small3d"
+    assert float(version.tags["alpha"]) == pytest.approx(outcome.best.config["alpha"])
+    assert float(version.tags["value"]) == pytest.approx(outcome.best.value, abs=1e-4)
+    assert any("registered as tiny-student version 1" in line for line in searched["said"])
+
+    mlflow.set_tracking_uri(searched["store"])
+    loaded = mlflow.pytorch.load_model(f"models:/tiny-student/{version.version}")
+    folder = client.download_artifacts(outcome.best.run_id, "checkpoint",
+                                       str(searched["folder"] / "download"))
+    state = torch.load(Path(folder) / "student.pt", map_location="cpu", weights_only=True)
+    student = build_model(state["settings"]["backbone"], 4, "none", "student")
+    student.load_state_dict(state["student"])
+    clip = cfg.student.clip
+    clips = torch.from_numpy(np.random.default_rng(1).random(
+        (3, 3, clip.num_frames, clip.crop_size, clip.crop_size), dtype=np.float32))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(clips), student.eval()(clips))
+
+
+def test_best_exports_a_space_file_that_trains(searched: dict[str, Any]) -> None:
+    folder, outcome = searched["folder"], searched["outcome"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_RUN_ID")}
+    chosen = subprocess.run([sys.executable, "-m", "kdsearch.best", "--experiment", "tiny"],
+                            cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    assert chosen.returncode == 0, chosen.stdout + chosen.stderr
+    assert f"best: run {outcome.best.run_id}" in chosen.stdout
+    space = yaml.safe_load((folder / "best.yaml").read_text())
+    assert space["search"]["space"] == {} and space["search"]["num_samples"] == 1
+    for name in ("alpha", "temperature", "backbone"):
+        assert space["student"][name] == outcome.best.config[name]
+
+    final = subprocess.run([sys.executable, "-m", "kdsearch.run", "best.yaml"], cwd=folder,
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
+    client = MlflowClient(searched["store"])
+    experiment = client.get_experiment_by_name("tiny-final")
+    (trial,) = client.search_runs([experiment.experiment_id],
+                                  "tags.`kdsearch.role` = 'trial'")
+    assert trial.data.tags["kdsearch.status"] == "completed"
+    assert trial.data.tags["kdsearch.epochs_run"] == "3"
+    assert float(trial.data.params["alpha"]) == pytest.approx(outcome.best.config["alpha"])
+    assert trial.data.params["backbone"] == outcome.best.config["backbone"]

@@ -1,0 +1,285 @@
+"""The end-of-search report: table, study, PNG plots and the offline HTML page."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import warnings
+from pathlib import Path
+
+import matplotlib
+import optuna
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+import pytest
+from optuna.trial import TrialState
+from PIL import Image
+
+from kdsearch.config import Search
+from kdsearch.report import TrialRecord, _attempt, study_from_records, trials_table, write_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FULL_SPACE = {
+    "alpha": {"type": "uniform", "low": 0.0, "high": 1.0},
+    "temperature": {"type": "loguniform", "low": 1.0, "high": 20.0},
+    "lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
+    "backbone": {"type": "choice", "values": ["tiny3d", "x3d_xs"]},
+}
+ALL_PLOTS = {"optimization_history", "learning_curves", "parallel_coordinate",
+             "param_importances", "alpha_temperature"}
+
+
+def make_search(space: dict | None = None, **kwargs: str) -> Search:
+    return Search.model_validate({"space": FULL_SPACE if space is None else space, **kwargs})
+
+
+def params(i: int) -> dict:
+    return {"alpha": 0.1 + 0.07 * i, "temperature": 1.5 + 1.3 * i, "lr": 1e-3 * (1 + i),
+            "backbone": ("tiny3d", "x3d_xs")[i % 2]}
+
+
+def completed(trial_id: str, final: float, i: int, epochs: int = 10) -> TrialRecord:
+    history = {e: final * e / epochs for e in range(1, epochs + 1)}
+    metrics = {"val_acc": final, "best_val_acc": final, "val_class_acc.kick": final / 2}
+    return TrialRecord(trial_id, f"run-{trial_id}", "completed", epochs, params(i), metrics,
+                       history)
+
+
+def pruned(trial_id: str, last: float, epochs: int, i: int) -> TrialRecord:
+    history = {e: last * e / epochs for e in range(1, epochs + 1)}
+    return TrialRecord(trial_id, f"run-{trial_id}", "pruned", epochs, params(i),
+                       {"val_acc": last, "val_macro_f1": last - 0.1}, history)
+
+
+FINALS = {"c0": 0.61, "c1": 0.74, "c2": 0.52, "c3": 0.80, "c4": 0.67, "c5": 0.45}
+RECORDS = [
+    *(completed(tid, final, i) for i, (tid, final) in enumerate(FINALS.items())),
+    pruned("p0", 0.30, 2, 6), pruned("p1", 0.40, 4, 7), pruned("p2", 0.45, 4, 8),
+    pruned("p3", 0.35, 2, 9),
+    # Failed before sampling finished: one param only, out of its range, no run, no metrics.
+    TrialRecord("f0", None, "failed", 0, {"alpha": 1.5, "lr": 0.01}, {}, {}),
+    TrialRecord("f1", "run-f1", "failed", 1, {}, {}, {1: 0.2}),
+]
+BEST_FIRST = ["c3", "c1", "c4", "c0", "c2", "c5", "p2", "p1", "p3", "p0", "f1", "f0"]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    out = tmp_path_factory.mktemp("report")
+    return out, write_report(RECORDS, make_search(), out)
+
+
+def written_plots(paths: list[Path]) -> set[str]:
+    return {p.stem for p in paths if p.suffix == ".png"}
+
+
+def test_table_is_best_first_with_typed_columns() -> None:
+    table = trials_table(RECORDS, make_search())
+    assert table.column_names == [
+        "rank", "trial_id", "run_id", "status", "epochs", "val_acc", "param.alpha",
+        "param.temperature", "param.lr", "param.backbone", "metric.best_val_acc",
+        "metric.val_acc", "metric.val_class_acc.kick", "metric.val_macro_f1"]
+    schema = table.schema
+    assert [schema.field(n).type for n in ("rank", "epochs", "val_acc", "param.alpha",
+                                           "param.backbone", "metric.val_macro_f1")] == [
+        pa.int64(), pa.int64(), pa.float64(), pa.float64(), pa.string(), pa.float64()]
+    rows = table.to_pylist()
+    assert [r["trial_id"] for r in rows] == BEST_FIRST
+    assert [r["rank"] for r in rows] == list(range(1, 13))
+    best, f0, f1 = rows[0], rows[-1], rows[-2]
+    assert best["val_acc"] == pytest.approx(0.80)
+    assert best["param.alpha"] == pytest.approx(0.31) and best["param.backbone"] == "x3d_xs"
+    assert best["metric.val_class_acc.kick"] == pytest.approx(0.40)
+    assert best["metric.val_macro_f1"] is None  # only pruned trials reported it
+    assert rows[6]["metric.val_macro_f1"] == pytest.approx(0.35)
+    assert f0["run_id"] is None and f0["val_acc"] is None and f0["param.temperature"] is None
+    assert f0["param.alpha"] == 1.5  # the table shows what was sampled, in range or not
+    assert f1["val_acc"] == pytest.approx(0.2)  # from its history
+    assert f1["param.backbone"] is None
+
+
+def test_table_for_a_minimised_metric_puts_the_lowest_first() -> None:
+    search = make_search(metric="val_loss", mode="min")
+    records = [completed("a", 0.9, 0), completed("b", 0.3, 1), completed("c", 0.6, 2)]
+    table = trials_table(records, search)
+    assert table.column("trial_id").to_pylist() == ["b", "c", "a"]
+    assert table.column_names[5] == "val_loss"
+
+
+def test_int_and_numeric_choice_params_keep_their_types() -> None:
+    search = make_search({"batch_size": {"type": "int", "low": 4, "high": 32, "step": 4},
+                          "alpha": {"type": "choice", "values": [0.3, 0.7]}})
+    records = [TrialRecord("a", None, "completed", 3, {"batch_size": 16, "alpha": 0.7}, {},
+                           {3: 0.5}),
+               TrialRecord("b", None, "failed", 0, {"batch_size": 8.5}, {}, {})]
+    table = trials_table(records, search)
+    assert table.schema.field("param.batch_size").type == pa.int64()
+    assert table.column("param.batch_size").to_pylist() == [16, None]
+    assert table.column("param.alpha").to_pylist() == ["0.7", None]
+    study = study_from_records(records, search)
+    assert study.trials[0].params == {"batch_size": 16, "alpha": 0.7}
+    assert study.trials[1].params == {}  # 8.5 is not on the grid
+
+
+def test_study_states_values_and_curves() -> None:
+    study = study_from_records(RECORDS, make_search())
+    trials = study.trials
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    assert [t.state for t in trials] == ([TrialState.COMPLETE] * 6 + [TrialState.PRUNED] * 4
+                                         + [TrialState.FAIL] * 2)
+    assert [t.value for t in trials[:6]] == pytest.approx(list(FINALS.values()))
+    assert all(t.value is None for t in trials[6:])
+    assert study.best_trial.user_attrs == {"trial_id": "c3", "run_id": "run-c3",
+                                           "status": "completed", "epochs": 10}
+    assert trials[0].intermediate_values == RECORDS[0].history
+    assert trials[7].intermediate_values == pytest.approx({1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4})
+    assert set(trials[0].params) == set(FULL_SPACE)
+    assert trials[0].distributions["temperature"].log  # type: ignore[attr-defined]
+    # f0: alpha 1.5 is outside [0, 1] and is left out; lr fits; the others were never sampled.
+    assert trials[10].params == {"lr": 0.01}
+    assert trials[10].user_attrs["run_id"] is None
+    assert trials[11].params == {} and trials[11].intermediate_values == {1: 0.2}
+
+
+def test_nan_and_missing_values_fail_the_trial_without_raising() -> None:
+    search = make_search()
+    records = [TrialRecord("nan", None, "completed", 2, params(0), {"val_acc": math.nan},
+                           {1: 0.4, 2: math.nan}),
+               TrialRecord("empty", None, "completed", 2, params(1), {}, {}),
+               completed("ok", 0.5, 2, epochs=2),
+               TrialRecord("odd", None, "interrupted", 1, params(3), {"val_acc": 0.9}, {})]
+    study = study_from_records(records, search)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL,
+                                               TrialState.COMPLETE, TrialState.FAIL]
+    assert study.trials[0].intermediate_values == {1: 0.4}  # NaN epochs are left out
+    table = trials_table(records, search)
+    assert table.column("trial_id").to_pylist() == ["ok", "nan", "empty", "odd"]
+    assert math.isnan(table.column("val_acc")[1].as_py())
+
+
+def test_write_report_writes_every_file(report: tuple[Path, list[Path]]) -> None:
+    out, paths = report
+    expected = [out / "trials.parquet", out / "trials.csv",
+                *(out / "plots" / f"{name}.png" for name in (
+                    "optimization_history", "learning_curves", "parallel_coordinate",
+                    "param_importances", "alpha_temperature")),
+                out / "search_report.html"]
+    assert paths == expected
+    assert all(p.is_file() for p in paths)
+
+
+def test_parquet_and_csv_round_trip(report: tuple[Path, list[Path]]) -> None:
+    out, _ = report
+    table = trials_table(RECORDS, make_search())
+    assert pq.read_table(out / "trials.parquet").equals(table)
+    csv = pa_csv.read_csv(out / "trials.csv", convert_options=pa_csv.ConvertOptions(
+        column_types=table.schema, strings_can_be_null=True))
+    assert csv.column_names == table.column_names
+    for name in table.column_names:
+        if pa.types.is_floating(table.schema.field(name).type):
+            for a, b in zip(csv.column(name).to_pylist(), table.column(name).to_pylist(),
+                            strict=True):
+                assert a == pytest.approx(b) if b is not None else a is None
+        else:
+            assert csv.column(name).to_pylist() == table.column(name).to_pylist(), name
+
+
+def test_pngs_are_real_images(report: tuple[Path, list[Path]]) -> None:
+    _, paths = report
+    pngs = [p for p in paths if p.suffix == ".png"]
+    assert written_plots(paths) == ALL_PLOTS
+    for png in pngs:
+        assert png.read_bytes()[:8] == PNG_SIGNATURE
+        assert png.stat().st_size > 10_000
+        with Image.open(png) as image:
+            image.verify()
+        with Image.open(png) as image:
+            assert image.width >= 400 and image.height >= 300
+
+
+def test_html_inlines_plotly_once_with_one_div_per_plot(
+        report: tuple[Path, list[Path]]) -> None:
+    out, _ = report
+    page = (out / "search_report.html").read_text(encoding="utf-8")
+    assert page.count("plotly.js v") == 1  # the bundle's licence header
+    assert "<script src=" not in page  # nothing to fetch: the page works offline
+    assert page.count('class="plotly-graph-div"') == len(ALL_PLOTS)
+    assert "6 completed, 4 pruned, 2 failed" in page
+    assert "<title>" in page and "val_acc" in page
+    assert all(f"<td>{tid}</td>" in page for tid in BEST_FIRST)
+
+
+def test_matplotlib_state_is_left_as_found(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    keep = plt.figure()
+    rc = dict(matplotlib.rcParams)
+    try:
+        write_report(RECORDS[:8], make_search(), tmp_path)
+        assert plt.get_fignums() == [keep.number]
+        assert dict(matplotlib.rcParams) == rc  # optuna's ggplot style did not stick
+    finally:
+        plt.close(keep)
+
+
+@pytest.mark.parametrize(("space", "records", "plots"), [
+    pytest.param(None, [], set(), id="no-records"),
+    pytest.param(None, RECORDS[10:], set(), id="all-failed"),
+    pytest.param(None, RECORDS[6:10], {"learning_curves"}, id="all-pruned"),
+    pytest.param(None, RECORDS[:1], {"optimization_history", "learning_curves",
+                                     "alpha_temperature"}, id="one-completed"),
+    pytest.param({"alpha": FULL_SPACE["alpha"]}, RECORDS,
+                 {"optimization_history", "learning_curves", "parallel_coordinate",
+                  "metric_vs_alpha"}, id="alpha-only"),
+    pytest.param({"temperature": FULL_SPACE["temperature"], "lr": FULL_SPACE["lr"]}, RECORDS,
+                 ALL_PLOTS - {"alpha_temperature"} | {"metric_vs_temperature"},
+                 id="temperature-only"),
+    pytest.param({}, RECORDS, {"optimization_history", "learning_curves"}, id="no-space"),
+])
+def test_degenerate_searches_write_what_they_can(tmp_path: Path, space: dict | None,
+                                                 records: list[TrialRecord],
+                                                 plots: set[str]) -> None:
+    search = make_search(space)
+    paths = write_report(records, search, tmp_path / "out")
+    assert paths[:2] == [tmp_path / "out" / "trials.parquet", tmp_path / "out" / "trials.csv"]
+    assert paths[-1] == tmp_path / "out" / "search_report.html"
+    assert written_plots(paths) == plots
+    assert {p.stem for p in (tmp_path / "out" / "plots").glob("*.png")} == plots
+    table = pq.read_table(paths[0])
+    assert table.num_rows == len(records)
+    assert [n for n in table.column_names if n.startswith("param.")] == [
+        f"param.{n}" for n in search.space]
+    page = paths[-1].read_text(encoding="utf-8")
+    assert page.count('class="plotly-graph-div"') == len(plots)
+    assert page.count("plotly.js v") == (1 if plots else 0)
+
+
+def test_completed_trial_missing_a_param_still_plots(tmp_path: Path) -> None:
+    odd = dataclasses.replace(completed("c9", 0.9, 4),
+                              params={"alpha": 0.5, "temperature": 3.0, "backbone": "nope"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no noise in the driver's log
+        paths = write_report([*RECORDS[:3], odd], make_search(), tmp_path)
+    assert written_plots(paths) == ALL_PLOTS
+    assert study_from_records([odd], make_search()).trials[0].params == {
+        "alpha": 0.5, "temperature": 3.0}
+
+
+def test_rewriting_a_directory_drops_plots_no_longer_drawn(
+        report: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    out = tmp_path / "again"
+    write_report(RECORDS, make_search(), out)
+    paths = write_report(RECORDS[:1], make_search(), out)
+    assert {p.stem for p in (out / "plots").glob("*.png")} == written_plots(paths)
+    assert "param_importances" not in written_plots(paths)
+
+
+def test_a_plot_that_raises_is_logged_and_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    def broken() -> None:
+        raise ValueError("not enough trials")
+
+    with caplog.at_level(logging.WARNING, logger="kdsearch.report"):
+        assert _attempt("param_importances", broken) is None
+    assert "param_importances not drawn: ValueError: not enough trials" in caplog.text
