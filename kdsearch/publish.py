@@ -125,6 +125,7 @@ def register_best(client: MlflowClient, cfg: SpaceConfig, classes: tuple[str, ..
     # model in a subprocess to guess them. MLflow's chatter (a pickle warning, registry
     # prints) is kept off the search's output; failures still raise.
     chatter = io.StringIO()
+    ended = client.get_run(str(best.run_id)).info.end_time  # reopening the run moves it
     with (mlflow.start_run(run_id=best.run_id), _quiet("mlflow.pytorch"),
           contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter)):
         info = mlflow.pytorch.log_model(
@@ -132,6 +133,7 @@ def register_best(client: MlflowClient, cfg: SpaceConfig, classes: tuple[str, ..
             registered_model_name=name, pip_requirements=_requirements(),
             metadata={"classes": list(classes), "clip": clip.model_dump(),
                       "input": "float32 clips in [0, 1], shape (N, 3, frames, height, width)"})
+    client.set_terminated(str(best.run_id), "FINISHED", end_time=ended)
     version = str(info.registered_model_version)
     value = "-" if best.value is None else f"{best.value:.4f}"
     tags = {"val_metric": cfg.search.metric, "value": value,
