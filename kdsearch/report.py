@@ -217,7 +217,7 @@ def _plots(study: optuna.Study, search: Search) -> list[_Plot]:
         asha = " (short lines: stopped early by ASHA)" if search.scheduler.name == "asha" else ""
         plots.append(_Plot(
             "learning_curves", f"{metric} per epoch{asha}",
-            lambda: _figure(_curves_axes(vm.plot_intermediate_values(study), metric)),
+            lambda: _figure(_curves_axes(vm.plot_intermediate_values(study), metric, study)),
             lambda: vp.plot_intermediate_values(study).update_layout(
                 xaxis_title="epoch", yaxis_title=metric)))
     if len(complete) >= 2 and params:
@@ -259,8 +259,15 @@ def _figure(ax: Any) -> Figure:
     return fig
 
 
-def _curves_axes(ax: Any, metric: str) -> Any:
+def _curves_axes(ax: Any, metric: str, study: optuna.Study) -> Any:
     ax.set(title="Learning curves", xlabel="epoch", ylabel=metric)
+    # Optuna labels lines "Trial<number>": name them by trial id, as the table does.
+    ids = {f"Trial{t.number}": str(t.user_attrs.get("trial_id", t.number))
+           for t in study.trials}
+    for line in ax.get_lines():
+        line.set_label(ids.get(str(line.get_label()), line.get_label()))
+    if ax.get_legend() is not None:
+        ax.legend(bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8)
     # One entry per trial: past a dozen it only hides the curves.
     legend = ax.get_legend()
     if legend is not None and len(legend.get_texts()) > 12:
@@ -440,6 +447,8 @@ def _attempt(name: str, draw: Callable[[], Any]) -> Any:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # PED-ANOVA warns that a small study's importances "may be inaccurate": they are.
             warnings.filterwarnings("ignore", category=UserWarning, module=r"optuna\.importance")
+            # matplotlib: a parallel-coordinate axis whose completed trials share one value.
+            warnings.filterwarnings("ignore", "Attempting to set identical", UserWarning)
             result = draw()
     except Exception as err:  # optuna, matplotlib and plotly each have their own errors
         log.warning("search report: %s not drawn: %s: %s", name, type(err).__name__, err)

@@ -68,10 +68,19 @@ def print_outcome(outcome: object, cfg: SpaceConfig) -> None:
     elif outcome.best is None:
         print("no trial completed before the search was interrupted")
     else:
-        print(f"\nbest: {metric} {outcome.best.value:.3f} with "
-              + ", ".join(f"{k}={_fmt(v)}" for k, v in outcome.best.config.items())
+        settings = ", ".join(f"{k}={_fmt(v)}" for k, v in outcome.best.config.items())
+        print(f"\nbest: {metric} {outcome.best.value:.3f}"
+              + (f" with {settings}" if settings else "")
               + f" (MLflow run {outcome.best.run_id})")
     print(f"\nopen the results:  mlflow ui --backend-store-uri {cfg.tracking_uri}")
+    if outcome.best is not None and cfg.search.space:
+        uri = "" if cfg.tracking.uri == _default_uri() else f" --tracking-uri {cfg.tracking_uri}"
+        print(f"export the best:   python -m kdsearch.best --experiment {cfg.experiment.name}"
+              f"{uri}")
+
+
+def _default_uri() -> str:
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 def _fmt(value: object) -> str:

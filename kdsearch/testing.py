@@ -45,7 +45,7 @@ def browser_executable() -> str | None:
 
 def screenshot_runs(server: str, experiment_id: str, expect: list[str], out: Path,
                     width: int = 1600, height: int = 900, order_by: str | None = None,
-                    columns: tuple[str, ...] = ()) -> str:
+                    columns: tuple[str, ...] = (), search_filter: str | None = None) -> str:
     """Open the experiment's runs page of the MLflow UI at ``server`` in headless Chromium,
     expand the nested runs, show ``columns`` (metric, param or tag names), wait until every
     name in ``expect`` shows, and save a screenshot to ``out``. Returns the page's text."""
@@ -54,7 +54,12 @@ def screenshot_runs(server: str, experiment_id: str, expect: list[str], out: Pat
     executable = browser_executable()
     if executable is None:
         raise FileNotFoundError("no Chromium found (apt-get install chromium)")
-    query = f"?orderByKey={order_by}&orderByAsc=false" if order_by else ""
+    from urllib.parse import urlencode
+
+    state = {"orderByKey": order_by, "orderByAsc": "false"} if order_by else {}
+    if search_filter:
+        state["searchFilter"] = search_filter
+    query = f"?{urlencode(state)}" if state else ""
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable,
                                              args=["--no-sandbox"])
@@ -62,9 +67,10 @@ def screenshot_runs(server: str, experiment_id: str, expect: list[str], out: Pat
             page = browser.new_page(viewport={"width": width, "height": height})
             page.goto(f"{server}/#/experiments/{experiment_id}/runs{query}")
             page.get_by_text(expect[0]).first.wait_for(timeout=60_000)
-            close = page.get_by_role("button", name="Close")  # the assistant side panel
-            if close.count():
-                close.first.click()
+            for name in ("Close", "Toggle sidebar"):  # the assistant panel, the sidebar
+                button = page.get_by_role("button", name=name)
+                if button.count():
+                    button.first.click()
             expand = page.locator(  # the "+" before a parent run shows its nested runs
                 "button[data-component-id$='runnamecellrenderer.tsx_46']")
             for i in range(expand.count()):
@@ -72,8 +78,8 @@ def screenshot_runs(server: str, experiment_id: str, expect: list[str], out: Pat
             if columns:
                 page.get_by_test_id("column-selection-dropdown").first.click()
                 menu = page.get_by_role("menu").or_(page.get_by_role("dialog")).last
-                for column in columns:
-                    menu.get_by_text(column, exact=True).first.click()
+                for column in columns:  # a param named like a metric ("lr"): the param
+                    menu.get_by_text(column, exact=True).last.click()
                 page.keyboard.press("Escape")
             for name in expect:
                 page.get_by_text(name).first.wait_for(timeout=30_000)
