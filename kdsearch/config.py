@@ -151,16 +151,24 @@ class Student(_Model):
     channels_last: bool = True  # channels-last 3D memory format on CUDA; ignored on the CPU
 
 
+#: ``when: {backbone: [x3d_xs, x3d_s]}``: sample this setting only when the searched
+#: choice ``backbone`` took one of those values; otherwise the student's fixed value holds.
+Condition = Annotated[dict[str, Annotated[list[str | int | float | bool], Field(min_length=1)]],
+                      Field(min_length=1, max_length=1)]
+
+
 class Uniform(_Model):
     type: Literal["uniform"]
     low: float
     high: float
+    when: Condition | None = None
 
 
 class LogUniform(_Model):
     type: Literal["loguniform"]
     low: float
     high: float
+    when: Condition | None = None
 
 
 class IntRange(_Model):
@@ -169,11 +177,13 @@ class IntRange(_Model):
     high: int
     step: Annotated[int, Field(ge=1)] = 1
     log: bool = False
+    when: Condition | None = None
 
 
 class Choice(_Model):
     type: Literal["choice"]
     values: Annotated[list[str | int | float | bool], Field(min_length=1)]
+    when: Condition | None = None
 
 
 Distribution = Annotated[Uniform | LogUniform | IntRange | Choice, Field(discriminator="type")]
@@ -185,8 +195,35 @@ class Asha(_Model):
     reduction_factor: Annotated[float, Field(ge=2)] = 2
 
 
+class HyperBand(_Model):
+    """Asynchronous HyperBand: ASHA over several brackets, each with its own grace period
+    (bracket b starts at grace_period * reduction_factor**b), so that trials which start slowly
+    but finish well are not all judged after one epoch. No trial waits for another."""
+
+    name: Literal["hyperband"]
+    grace_period: Annotated[int, Field(ge=1)] = 1
+    reduction_factor: Annotated[float, Field(ge=2)] = 2
+    brackets: Annotated[int, Field(ge=1)] = 3
+
+
+class Median(_Model):
+    """Stop a trial whose best value is below the median of other trials at the same epoch."""
+
+    name: Literal["median"]
+    grace_period: Annotated[int, Field(ge=1)] = 1
+    min_samples_required: Annotated[int, Field(ge=1)] = 3
+
+
 class NoScheduler(_Model):
     name: Literal["none"]
+
+
+class WarmStart(_Model):
+    """Completed trials of an earlier MLflow experiment, told to the sampler before the first
+    trial (they are not trained again)."""
+
+    experiment: Annotated[str, Field(min_length=1)]
+    tracking_uri: str | None = None  # None: this search's tracking.uri
 
 
 class Search(_Model):
@@ -197,8 +234,15 @@ class Search(_Model):
     metric: Literal["val_acc", "val_video_acc", "val_vote_acc", "val_macro_f1",
                     "val_loss"] = "val_acc"
     mode: Literal["max", "min"] = "max"
-    sampler: Literal["tpe", "random"] = "tpe"
-    scheduler: Annotated[Asha | NoScheduler, Field(discriminator="name")] = Asha()
+    sampler: Literal["tpe", "random", "cmaes", "qmc"] = "tpe"
+    scheduler: Annotated[Asha | HyperBand | Median | NoScheduler,
+                         Field(discriminator="name")] = Asha()
+    # Configurations to train first (e.g. a paper's hand-picked alpha and temperature).
+    points_to_evaluate: list[dict[str, str | int | float | bool]] = []
+    warm_start: WarmStart | None = None
+    # false: Ray's stock OptunaSearch feedback (early-stopped trials count as COMPLETE),
+    # kept only to measure what the fidelity-aware feedback is worth.
+    fidelity_aware: bool = True
 
 
 class Resources(_Model):
@@ -272,6 +316,20 @@ def _value_problem(name: str, value: Any) -> str | None:
 
 
 def search_space_problems(search: Search) -> list[str]:
+    problems = _value_problems(search)
+    problems += _condition_problems(search)
+    problems += _point_problems(search)
+    if search.sampler == "cmaes":
+        for name, dist in search.space.items():
+            if isinstance(dist, Choice) or dist.when:
+                what = "a choice" if isinstance(dist, Choice) else "conditional"
+                problems.append(f"search.space.{name}: is {what}; search.sampler 'cmaes' "
+                                "needs a continuous space (uniform, loguniform or int, "
+                                "unconditional): use 'tpe'")
+    return problems
+
+
+def _value_problems(search: Search) -> list[str]:
     problems = []
     for name, dist in search.space.items():
         if name not in SEARCHABLE:
@@ -287,6 +345,45 @@ def search_space_problems(search: Search) -> list[str]:
                             "for a categorical setting")
         else:
             problems.extend(_range_problems(name, dist))
+    return problems
+
+
+def _condition_problems(search: Search) -> list[str]:
+    """A condition names a searched choice declared before it, and values of that choice."""
+    problems = []
+    names = list(search.space)
+    for position, (name, dist) in enumerate(search.space.items()):
+        for parent, values in (dist.when or {}).items():
+            where = f"search.space.{name}.when.{parent}"
+            other = search.space.get(parent)
+            if not isinstance(other, Choice) or parent not in names[:position]:
+                problems.append(f"{where}: must name a searched choice declared before "
+                                f"{name!r}")
+                continue
+            for value in values:
+                if value not in other.values:
+                    problems.append(f"{where}: {value!r} is not one of "
+                                    f"search.space.{parent}.values {other.values}")
+    return problems
+
+
+def _point_problems(search: Search) -> list[str]:
+    """Every point sets searched settings only, each inside its distribution."""
+    problems = []
+    for i, point in enumerate(search.points_to_evaluate):
+        for name, value in point.items():
+            where = f"search.points_to_evaluate[{i}].{name}"
+            dist = search.space.get(name)
+            if dist is None:
+                problems.append(f"{where}: not a searched setting (searched: "
+                                f"{', '.join(search.space) or 'none'})")
+            elif isinstance(dist, Choice):
+                if value not in dist.values:
+                    problems.append(f"{where}: {value!r} is not one of {dist.values}")
+            elif isinstance(value, bool) or not isinstance(value, int | float):
+                problems.append(f"{where}: {value!r} is not a number")
+            elif not dist.low <= value <= dist.high:
+                problems.append(f"{where}: {value} is outside [{dist.low}, {dist.high}]")
     return problems
 
 
@@ -315,5 +412,6 @@ def _loc_part(part: int | str) -> str:
 
 
 def _is_union_tag(part: int | str) -> bool:
-    return part in ("uniform", "loguniform", "int", "choice", "asha", "none", "str", "int",
+    return part in ("uniform", "loguniform", "int", "choice", "asha", "hyperband", "median",
+                    "none", "str", "int",
                     "float", "bool") and not isinstance(part, int)

@@ -43,6 +43,8 @@ def describe_space(cfg: SpaceConfig) -> str:
         else:
             kind = "loguniform" if isinstance(d, LogUniform) else "uniform"
             lines.append(f"  {name:<14} {kind} [{d.low:g}, {d.high:g}]")
+        for parent, values in (d.when or {}).items():
+            lines[-1] += f"  when {parent} in {values}"
     fixed = [n for n in ("backbone", "alpha", "temperature", "lr") if n not in cfg.search.space]
     for name in fixed:
         lines.append(f"  {name:<14} fixed {getattr(cfg.student, name)}")

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,10 @@ import mlflow
 import ray
 import yaml
 from mlflow.tracking import MlflowClient
+from optuna.trial import FrozenTrial
 from ray import tune
 
-from kdsearch.config import ConfigError, SpaceConfig
+from kdsearch.config import Asha, ConfigError, HyperBand, Median, SpaceConfig
 from kdsearch.datasets import DatasetSplits, load_dataset, prepare_data
 from kdsearch.placement import teacher_and_cache
 from kdsearch.progress import Progress
@@ -29,7 +31,7 @@ from kdsearch.resume import (
     unfinished_searches,
     write_record,
 )
-from kdsearch.searcher import make_searcher
+from kdsearch.searcher import make_searcher, warm_trials
 from kdsearch.storage import join, local_dir, redact, tune_storage
 from kdsearch.teacher import TeacherResult
 from kdsearch.tracking import (
@@ -37,6 +39,7 @@ from kdsearch.tracking import (
     STATUS,
     MLflowTrials,
     close_open_runs,
+    completed_trials,
     fixed_params,
     log_data,
     log_evaluation,
@@ -163,16 +166,26 @@ def _start_parent(client: MlflowClient, cfg: SpaceConfig, space_path: Path) -> t
 
 
 def _scheduler(cfg: SpaceConfig) -> Any:
-    sched = cfg.search.scheduler
-    if sched.name == "none":
-        return None
-    return tune.schedulers.ASHAScheduler(
-        time_attr="epoch", max_t=cfg.student.epochs, grace_period=sched.grace_period,
-        reduction_factor=sched.reduction_factor)
+    sched, max_t = cfg.search.scheduler, cfg.student.epochs
+    if isinstance(sched, Asha):
+        return tune.schedulers.ASHAScheduler(
+            time_attr="epoch", max_t=max_t, grace_period=sched.grace_period,
+            reduction_factor=sched.reduction_factor)
+    if isinstance(sched, HyperBand):
+        # Tune's synchronous HyperBandScheduler pauses trials until their bracket catches up
+        # (and ran every trial to max_t under a concurrency limit here): the asynchronous form.
+        return tune.schedulers.ASHAScheduler(
+            time_attr="epoch", max_t=max_t, grace_period=sched.grace_period,
+            reduction_factor=sched.reduction_factor, brackets=sched.brackets)
+    if isinstance(sched, Median):
+        return tune.schedulers.MedianStoppingRule(
+            time_attr="epoch", grace_period=sched.grace_period,
+            min_samples_required=sched.min_samples_required)
+    return None
 
 
 def _tuner(cfg: SpaceConfig, ctx: TrialContext, name: str, callbacks: list[Any],
-           resume: bool) -> tune.Tuner:
+           resume: bool, warm: Sequence[FrozenTrial] = ()) -> tune.Tuner:
     """A new Tuner for search ``name``, or the one saved there, restored (searcher state,
     finished trials and the trials' last checkpoints included)."""
     trainable = make_trainable(ctx)
@@ -182,7 +195,8 @@ def _tuner(cfg: SpaceConfig, ctx: TrialContext, name: str, callbacks: list[Any],
         return tune.Tuner.restore(f"{storage_path.rstrip('/')}/{name}", trainable,
                                   resume_unfinished=True, resume_errored=True,
                                   storage_filesystem=filesystem)
-    searcher = make_searcher(cfg.search, cfg.student.epochs) if cfg.search.space else None
+    searcher = (make_searcher(cfg.search, cfg.student.epochs, warm) if cfg.search.space
+                else None)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -247,6 +261,7 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no table-migration chatter
     mlflow.set_tracking_uri(cfg.tracking_uri)
     client = MlflowClient(cfg.tracking_uri)
+    warm = _warm_start(client, cfg, say) if prior is None else []
     if prior is None:
         experiment_id, parent_id = _start_parent(client, cfg, space_path)
         record = SearchRecord(new_search_name(cfg), cfg.experiment.name, experiment_id,
@@ -271,7 +286,8 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
         write_record(cfg, record)
         say(f"search: {cfg.search.num_samples} trials, {cfg.search.max_concurrent} at a time "
             f"({redact(join(searches_root(cfg), record.name))})")
-        results = _tuner(cfg, ctx, record.name, callbacks, resume=prior is not None).fit()
+        results = _tuner(cfg, ctx, record.name, callbacks, resume=prior is not None,
+                         warm=warm).fit()
         close_open_runs(client, experiment_id, parent_id)
         rows = _rows(results, trial_runs(client, experiment_id, parent_id), cfg)
         best = next((r for r in rows if r.status == "completed"), None)
@@ -288,6 +304,19 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
         raise
     return SearchOutcome(experiment_id, parent_id, rows, best, teacher.metrics,
                          time.monotonic() - start, interrupted)
+
+
+def _warm_start(client: MlflowClient, cfg: SpaceConfig, say: Any) -> list[FrozenTrial]:
+    """The completed trials of ``search.warm_start.experiment``, for the sampler."""
+    warm = cfg.search.warm_start
+    if warm is None or not cfg.search.space:
+        return []
+    source = client if warm.tracking_uri is None else MlflowClient(warm.tracking_uri)
+    trials = warm_trials(cfg.search, completed_trials(source, warm.experiment,
+                                                      cfg.search.metric))
+    say(f"warm start: {len(trials)} completed trials of experiment {warm.experiment!r} told "
+        "to the sampler")
+    return trials
 
 
 def _mention_unfinished(cfg: SpaceConfig, say: Any) -> None:

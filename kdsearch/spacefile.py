@@ -137,15 +137,24 @@ def resolve_paths(cfg: SpaceConfig, cwd: Path) -> SpaceConfig:
         teacher = teacher.model_copy(update={"cache_dir": _absolute(teacher.cache_dir, cwd)})
     if student.weights not in PRETRAINED:
         student = student.model_copy(update={"weights": _absolute(student.weights, cwd)})
-    uri = cfg.tracking.uri or "sqlite:///mlflow.db"
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + _absolute(uri.removeprefix("sqlite:///"), cwd)
-    elif "://" not in uri:
-        raise ConfigError([f"tracking.uri: {uri!r} must be a URI (sqlite:///path, http://host)"])
+    uri = _tracking_uri(cfg.tracking.uri or "sqlite:///mlflow.db", cwd, "tracking.uri")
     tracking = cfg.tracking.model_copy(update={"uri": uri})
+    search = cfg.search
+    if search.warm_start is not None and search.warm_start.tracking_uri is not None:
+        warm = search.warm_start.model_copy(update={"tracking_uri": _tracking_uri(
+            search.warm_start.tracking_uri, cwd, "search.warm_start.tracking_uri")})
+        search = search.model_copy(update={"warm_start": warm})
     return cfg.model_copy(update={"data": data, "teacher": teacher, "student": student,
-                                  "tracking": tracking,
+                                  "tracking": tracking, "search": search,
                                   "storage": _absolute(cfg.storage, cwd)})
+
+
+def _tracking_uri(uri: str, cwd: Path, where: str) -> str:
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + _absolute(uri.removeprefix("sqlite:///"), cwd)
+    if "://" not in uri:
+        raise ConfigError([f"{where}: {uri!r} must be a URI (sqlite:///path, http://host)"])
+    return uri
 
 
 def _split_problems(cfg: SpaceConfig) -> list[str]:

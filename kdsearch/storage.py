@@ -63,8 +63,11 @@ def redact(location: str | os.PathLike[str]) -> str:
         return location
     split = urllib.parse.urlsplit(location)
     netloc = split.netloc.rpartition("@")[2]
+    pairs = urllib.parse.parse_qsl(split.query, keep_blank_values=True)
     query = [(k, _REDACTED if any(w in k.lower() for w in _SECRET_WORDS) else v)
-             for k, v in urllib.parse.parse_qsl(split.query, keep_blank_values=True)]
+             for k, v in pairs]
+    if netloc == split.netloc and query == pairs:
+        return location  # nothing to hide (and urlunsplit would turn sqlite://// into //)
     return urllib.parse.urlunsplit(split._replace(
         netloc=netloc, query=urllib.parse.urlencode(query, safe=":/")))
 

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from kdsearch.best import final_space
-from kdsearch.config import SpaceConfig
+from kdsearch.config import ConfigError, SpaceConfig
 from kdsearch.datasets import DatasetSplits
 from kdsearch.storage import redact
 from kdsearch.trial import TrialSettings
@@ -216,6 +216,19 @@ class MLflowTrials(Callback):
                 final[f"best_{key}"] = min(values) if key == "val_loss" else max(values)
                 final[f"last_{key}"] = values[-1]
         return final
+
+
+def completed_trials(client: MlflowClient, experiment: str, metric: str
+                     ) -> list[tuple[dict[str, str], float]]:
+    """(params, final ``metric``) of every completed trial run in ``experiment``."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise ConfigError([f"search.warm_start.experiment: {experiment!r} is not an "
+                           f"experiment of {redact(client.tracking_uri)}"])
+    runs = client.search_runs([found.experiment_id], f"tags.`{ROLE}` = 'trial' and "
+                              f"tags.`{STATUS}` = 'completed'", max_results=50000)
+    return [(dict(r.data.params), float(r.data.metrics[metric])) for r in runs
+            if metric in r.data.metrics]
 
 
 def trial_runs(client: MlflowClient, experiment_id: str, parent_id: str

@@ -91,6 +91,7 @@ def test_uri_helpers() -> None:
     assert shown == ("s3://bucket/pre?endpoint_override=h:9000&session_token=REDACTED"
                      "&secret_key=REDACTED&region=eu-west-1")
     assert storage.redact("/local/path") == "/local/path"
+    assert storage.redact("sqlite:////abs/mlflow.db") == "sqlite:////abs/mlflow.db"
     assert storage.tune_storage("/tmp/store/ray") == ("/tmp/store/ray", None)
 
 
