@@ -13,6 +13,7 @@ import importlib.metadata
 import io
 import logging
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -110,11 +111,46 @@ def registered_name(cfg: SpaceConfig) -> str:
 
 def register_best(client: MlflowClient, cfg: SpaceConfig, classes: tuple[str, ...],
                   best: TrialRow) -> str:
-    """Log the best student to its trial's run and register it; returns what was done."""
-    name = registered_name(cfg)
-    done = client.search_model_versions(f"name = '{name}' and run_id = '{best.run_id}'")
+    """Log the best student to its trial's run and register it; returns what was done.
+
+    Each step is skipped when an earlier, interrupted attempt (a driver killed while
+    publishing, then resumed) already did it: the run is never left reopened, the model is
+    logged once and registered once.
+    """
+    assert best.run_id is not None
+    name, run_id = registered_name(cfg), best.run_id
+    run = client.get_run(run_id)
+    ended = run.info.end_time or int(time.time() * 1000)  # reopening the run moves it
+    done = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if done:
-        return f"best student: already registered as {name} version {done[0].version}"
+        version = str(done[0].version)
+    else:
+        logged = client.search_logged_models(
+            [run.info.experiment_id],
+            filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL_NAME}'")
+        with _quiet("mlflow"), contextlib.redirect_stdout(io.StringIO()):
+            if logged:  # logged before the interruption, not registered yet
+                version = str(mlflow.register_model(f"models:/{logged[0].model_id}",
+                                                    name).version)
+            else:
+                version = _log_student(best, cfg, classes, name)
+    client.set_terminated(run_id, "FINISHED", end_time=ended)
+    value = "-" if best.value is None else f"{best.value:.4f}"
+    tags = {"val_metric": cfg.search.metric, "value": value,
+            "teacher": cfg.teacher.model, "backbone": str(best.config.get(
+                "backbone", cfg.student.backbone)),
+            "alpha": str(best.config.get("alpha", cfg.student.alpha)),
+            "temperature": str(best.config.get("temperature", cfg.student.temperature)),
+            "trial_id": best.trial_id, "experiment": cfg.experiment.name}
+    for key, text in tags.items():
+        client.set_model_version_tag(name, version, key, text)
+    client.set_tag(run_id, "kdsearch.registered_model", f"{name}/{version}")
+    return f"best student: {'already ' if done else ''}registered as {name} version {version}"
+
+
+def _log_student(best: TrialRow, cfg: SpaceConfig, classes: tuple[str, ...],
+                 name: str) -> str:
+    """``mlflow.pytorch.log_model`` into the best trial's run, registered as ``name``."""
     student = load_student(best, len(classes))
     clip = cfg.student.clip
     # A float clip in [0, 1], (batch, channels, frames, height, width); the model normalises.
@@ -124,29 +160,13 @@ def register_best(client: MlflowClient, cfg: SpaceConfig, classes: tuple[str, ..
     # a torch.export graph). The requirements are named so that MLflow does not load the
     # model in a subprocess to guess them. MLflow's chatter (a pickle warning, registry
     # prints) is kept off the search's output; failures still raise.
-    chatter = io.StringIO()
-    ended = client.get_run(str(best.run_id)).info.end_time  # reopening the run moves it
-    with (mlflow.start_run(run_id=best.run_id), _quiet("mlflow.pytorch"),
-          contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter)):
+    with (mlflow.start_run(run_id=best.run_id), contextlib.redirect_stderr(io.StringIO())):
         info = mlflow.pytorch.log_model(
             student, name=MODEL_NAME, input_example=example, serialization_format="pickle",
             registered_model_name=name, pip_requirements=_requirements(),
             metadata={"classes": list(classes), "clip": clip.model_dump(),
                       "input": "float32 clips in [0, 1], shape (N, 3, frames, height, width)"})
-    client.set_terminated(str(best.run_id), "FINISHED", end_time=ended)
-    version = str(info.registered_model_version)
-    value = "-" if best.value is None else f"{best.value:.4f}"
-    tags = {"val_metric": cfg.search.metric, "value": value,
-            "teacher": cfg.teacher.model, "backbone": str(best.config.get(
-                "backbone", cfg.student.backbone)),
-            "alpha": str(best.config.get("alpha", cfg.student.alpha)),
-            "temperature": str(best.config.get("temperature", cfg.student.temperature)),
-            "trial_id": best.trial_id, "experiment": cfg.experiment.name}
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
-    assert best.run_id is not None
-    client.set_tag(best.run_id, "kdsearch.registered_model", f"{name}/{version}")
-    return f"best student: registered as {name} version {version}"
+    return str(info.registered_model_version)
 
 
 @contextlib.contextmanager

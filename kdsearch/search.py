@@ -202,7 +202,12 @@ def _tuner(cfg: SpaceConfig, ctx: TrialContext, name: str, callbacks: list[Any],
         tune_config=tune.TuneConfig(
             metric=cfg.search.metric, mode=cfg.search.mode, search_alg=searcher,
             scheduler=_scheduler(cfg), num_samples=cfg.search.num_samples,
-            max_concurrent_trials=cfg.search.max_concurrent),
+            max_concurrent_trials=cfg.search.max_concurrent,
+            # A finished trial's process runs the next one: no new Python, torch import or
+            # CUDA context per trial (benchmarks/search_quality.py --overhead). Safe: a trial
+            # keeps no state outside kdsearch.trial.fit, and a failed one's process is not
+            # reused.
+            reuse_actors=True),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, storage_filesystem=filesystem,
             callbacks=callbacks, verbose=0, **_checkpointing(filesystem is not None),

@@ -70,19 +70,20 @@ def test_a_killed_driver_resumes_with_one_run_per_trial(tmp_path: Path) -> None:
     assert f"resuming search {unfinished.name}" in resumed.stdout
 
     runs = client.search_runs([unfinished.experiment_id])
-    assert [r for r in runs if r.info.status == "RUNNING"] == []
+    said = resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert [r for r in runs if r.info.status == "RUNNING"] == [], said
     (parent,) = [r for r in runs if r.data.tags.get("kdsearch.role") == "search"]
     assert parent.info.run_id == unfinished.parent_run_id
     assert (parent.info.status, parent.data.tags["kdsearch.status"]) == ("FINISHED",
                                                                          "completed")
     assert len([r for r in runs if r.data.tags.get("kdsearch.role") == "teacher"]) == 1
     trials = [r for r in runs if r.data.tags.get("kdsearch.role") == "trial"]
-    assert Counter(r.data.tags["kdsearch.trial_id"] for r in trials).most_common(1)[0][1] == 1
-    assert len(trials) == 4
+    assert Counter(r.data.tags["kdsearch.trial_id"] for r in trials).most_common(1)[0][1] == 1, said
+    assert len(trials) == 4, said
     for run in trials:
-        assert run.data.tags["kdsearch.status"] == "completed", run.data.tags
+        assert run.data.tags["kdsearch.status"] == "completed", (run.data.tags, said)
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
-        assert sorted(steps) == list(range(1, epochs + 1))  # every epoch once
+        assert sorted(steps) == list(range(1, epochs + 1)), (steps, said)  # each epoch once
     assert unfinished_searches(cfg) == []
     assert parent.data.params["best.alpha"]
 

@@ -188,3 +188,34 @@ def test_best_exports_a_space_file_that_trains(searched: dict[str, Any]) -> None
     assert trial.data.tags["kdsearch.epochs_run"] == "3"
     assert float(trial.data.params["alpha"]) == pytest.approx(outcome.best.config["alpha"])
     assert trial.data.params["backbone"] == outcome.best.config["backbone"]
+
+
+def test_registering_repairs_an_interrupted_publish(searched: dict[str, Any]) -> None:
+    """A driver killed inside publish left the student logged but unregistered and its run
+    reopened: the resumed search registers that model (not a second one) and closes the run;
+    a third attempt changes nothing."""
+    from kdsearch.publish import MODEL_NAME, register_best
+
+    outcome, cfg = searched["outcome"], searched["cfg"]
+    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(
+        update={"registered_model": "tiny-repair"})})
+    row = [r for r in outcome.rows if r.status == "completed"][1]
+    client = MlflowClient(searched["store"])
+    mlflow.set_tracking_uri(searched["store"])
+    with mlflow.start_run(run_id=row.run_id):
+        mlflow.pytorch.log_model(torch.nn.Linear(2, 2), name=MODEL_NAME,
+                                 serialization_format="pickle", pip_requirements=["torch"])
+    client.update_run(row.run_id, status="RUNNING")  # as the kill left it
+
+    def logged() -> list[Any]:
+        return list(client.search_logged_models(
+            [outcome.experiment_id], filter_string=f"source_run_id = '{row.run_id}'"))
+
+    classes = tuple(cfg.data.classes or ("dribble", "kick", "run", "walk"))
+    assert register_best(client, cfg, classes, row) == (
+        "best student: registered as tiny-repair version 1")
+    assert len(logged()) == 1 and client.get_run(row.run_id).info.status == "FINISHED"
+    assert register_best(client, cfg, classes, row) == (
+        "best student: already registered as tiny-repair version 1")
+    assert len(logged()) == 1
+    assert len(client.search_model_versions("name = 'tiny-repair'")) == 1
