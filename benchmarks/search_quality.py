@@ -1,15 +1,18 @@
 """Search quality of the real Ray Tune + Optuna + ASHA stack on a simulated KD objective.
 
 Run ``python benchmarks/search_quality.py --help``; its defaults reproduce
-``docs/search_quality.md``. Nothing is trained: ``benchmarks/sim_objective.py`` is a
-learning-curve model over the demo space file's space (alpha, temperature, lr, backbone) with
-a known optimum, and a trial's "epoch" is one ``tune.report`` of its curve (no sleep, no
-compute). Everything else is the real stack: one ``ray.init(num_cpus=--concurrency)``, then
-per method and seed a ``tune.Tuner`` over a function trainable that reports
-``{"epoch": e, "val_acc": curve(config, e, noise)}`` for e = 1..``--max-t`` (the noise is
-seeded by the run's seed and the trial's configuration, so the same configuration draws the
-same noise under every method of one seed), metric ``val_acc``/max,
-``max_concurrent_trials=--concurrency``.
+``docs/search_quality.md`` (not to the epoch: with several trials running, which one reports
+first depends on timing, and so do ASHA's decisions and what the searcher has seen).
+
+Nothing is trained: ``benchmarks/sim_objective.py`` is a learning-curve model over the demo
+space file's space (alpha, temperature, lr, backbone) with a known optimum, and a trial's
+"epoch" is one ``tune.report`` of its curve (by default no sleep, no compute). Everything
+else is the real stack: one ``ray.init(num_cpus=--concurrency)``, then per method and seed
+a ``tune.Tuner`` over a function trainable that reports ``{"epoch": e, "val_acc":
+curve(config, e, noise)}`` for e = 1..``--max-t`` (the noise is seeded by the run's seed and
+the trial's configuration, so the same configuration draws the same noise under every method
+of one seed), metric ``val_acc``/max, ``max_concurrent_trials=--concurrency``,
+``reuse_actors=--reuse-actors`` (default on, the faster setting of ``--overhead``).
 
 Methods, all over the same space and seed (the seed is the sampler's and the noise's):
 
@@ -120,7 +123,7 @@ class Ledger:
     limit: int  # epochs this run may use (> budget only for the extended reference)
     optimum: float
     epochs: int = 0
-    trials: set[str] = field(default_factory=set)
+    trials: dict[str, int] = field(default_factory=dict)  # trial id: epochs it trained
     full: int = 0  # trials that reported epoch max_t
     best_observed: float = -math.inf
     regret: float = math.nan
@@ -135,7 +138,7 @@ class Ledger:
                running: int) -> None:
         self.epochs += 1
         self.running += running
-        self.trials.add(trial_id)
+        self.trials[trial_id] = max(self.trials.get(trial_id, 0), int(result.get("epoch", 0)))
         if int(result.get("epoch", 0)) >= self.max_t:
             self.full += 1
             if result["val_acc"] > self.best_observed:
@@ -243,11 +246,12 @@ def run_one(method: str, seed: int, args: argparse.Namespace, storage: Path,
     complete = early = 0
     from optuna.trial import TrialState
 
-    for t in searcher._ot_study.trials:
-        if t.state == TrialState.COMPLETE:
+    # Tune does not pass the result on which ASHA stops a trial to on_trial_result, so the
+    # epochs a trial trained come from the ledger, not from Optuna's intermediate values.
+    for trial_id, ot_trial in searcher._ot_trials.items():
+        if searcher._ot_study.trials[ot_trial.number].state == TrialState.COMPLETE:
             complete += 1
-            steps = max(t.intermediate_values, default=args.max_t)
-            early += steps < args.max_t
+            early += ledger.trials.get(trial_id, 0) < args.max_t
     regrets = ledger.regrets + [ledger.regret] * (budget - len(ledger.regrets))
     return RunResult(method, seed, ledger.reached_at, regrets[:budget], len(ledger.trials),
                      ledger.full, ledger.epochs, complete, early, wall,
