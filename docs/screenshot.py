@@ -10,16 +10,12 @@ the columns the README names, and writes ``docs/mlflow-runs.png``.
 from __future__ import annotations
 
 import argparse
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from kdsearch.testing import screenshot_runs
+from kdsearch.testing import mlflow_server, screenshot_runs
 
 COLUMNS = ("Dataset", "Source",  # toggled off: they only take room
            "val_acc", "val_video_acc", "alpha", "temperature", "lr", "backbone",
@@ -39,27 +35,10 @@ def main() -> None:
         sys.exit(f"error: no experiment {args.experiment!r} in {args.store}")
     (best,) = client.search_runs([experiment.experiment_id], "tags.`kdsearch.role` = 'trial'",
                                  order_by=["metrics.val_acc DESC"], max_results=1)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
-                               "--port", str(port), "--backend-store-uri", args.store,
-                               "--workers", "1"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2).close()
-                break
-            except OSError:
-                time.sleep(0.5)
+    with mlflow_server(args.store) as url:
         screenshot_runs(url, experiment.experiment_id, [best.info.run_name], args.out,
                         width=1600, height=720, order_by="metrics.`val_acc`",
                         columns=COLUMNS, search_filter="tags.`kdsearch.role` = 'trial'")
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     print(f"wrote {args.out}")
 
 

@@ -23,7 +23,8 @@ import yaml
 
 from kdsearch.config import SEARCHABLE, Student
 
-# The tags of kdsearch.tracking (which imports this module, so they are repeated here).
+# Tag and artifact names of a search's MLflow records, defined here (kdsearch.tracking takes
+# them from this module) so that this command does not import Ray.
 ROLE = "kdsearch.role"
 STATUS = "kdsearch.status"
 PARENT = "mlflow.parentRunId"

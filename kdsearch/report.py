@@ -37,7 +37,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, IntD
 from optuna.trial import FrozenTrial, TrialState
 
 from kdsearch.config import Search
-from kdsearch.searcher import optuna_space
+from kdsearch.searcher import fitted, optuna_space
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -98,8 +98,8 @@ def _frozen_trial(record: TrialRecord, metric: str,
     state = _STATES.get(record.status, TrialState.FAIL)
     if state == TrialState.COMPLETE and (value is None or not math.isfinite(value)):
         state = TrialState.FAIL
-    params = {name: fitted for name, dist in space.items()
-              if (fitted := _fit(dist, record.params.get(name))) is not None}
+    params = {name: kept for name, dist in space.items()
+              if (kept := fitted(dist, record.params.get(name))) is not None}
     history = {int(epoch): v for epoch, raw in record.history.items()
                if (v := _as_float(raw)) is not None and math.isfinite(v)}
     return optuna.trial.create_trial(
@@ -108,17 +108,6 @@ def _frozen_trial(record: TrialRecord, metric: str,
         intermediate_values=history,
         user_attrs={"trial_id": record.trial_id, "run_id": record.run_id,
                     "status": record.status, "epochs": record.epochs})
-
-
-def _fit(dist: BaseDistribution, value: Any) -> Any:
-    """``value`` as ``dist`` stores it, or None when it is missing or outside ``dist``."""
-    if value is None:
-        return None
-    try:
-        internal = dist.to_internal_repr(value)
-        return dist.to_external_repr(internal) if dist._contains(internal) else None
-    except (ValueError, TypeError, OverflowError):
-        return None
 
 
 def _as_float(value: Any) -> float | None:

@@ -92,7 +92,7 @@ def warm_trials(search: Search, points: Sequence[tuple[dict[str, Any], float]]
     trials = []
     for params, value in points:
         parsed = {n: _parse(space[n], v) for n, v in params.items() if n in space}
-        kept = {n: v for n, v in parsed.items() if v is not None and _fits(space[n], v)}
+        kept = {n: f for n, v in parsed.items() if (f := fitted(space[n], v)) is not None}
         if kept and math.isfinite(value):
             trials.append(optuna.trial.create_trial(
                 params=kept, distributions={n: space[n] for n in kept}, value=value,
@@ -114,11 +114,15 @@ def _parse(dist: BaseDistribution, value: Any) -> Any:
         return None
 
 
-def _fits(dist: BaseDistribution, value: Any) -> bool:
+def fitted(dist: BaseDistribution, value: Any) -> Any:
+    """``value`` as ``dist`` stores it, or None when it is missing or outside ``dist``."""
+    if value is None:
+        return None
     try:
-        return bool(dist._contains(dist.to_internal_repr(value)))
-    except (ValueError, TypeError):
-        return False
+        internal = dist.to_internal_repr(value)
+        return dist.to_external_repr(internal) if dist._contains(internal) else None
+    except (ValueError, TypeError, OverflowError):
+        return None
 
 
 class FidelityAwareOptunaSearch(OptunaSearch):

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +96,33 @@ def screenshot_runs(server: str, experiment_id: str, expect: list[str], out: Pat
             return str(page.inner_text("body"))
         finally:
             browser.close()
+
+
+@contextlib.contextmanager
+def mlflow_server(store_uri: str, artifacts: Path | None = None) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1 and a free port, over ``store_uri``; yields its
+    URL. ``artifacts``: where it stores artifacts it is sent (a proxied artifact store)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
+               str(port), "--backend-store-uri", store_uri, "--workers", "1"]
+    if artifacts is not None:
+        command += ["--artifacts-destination", str(artifacts)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("mlflow server did not start within 120 s")
+        yield uri
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

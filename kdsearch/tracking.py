@@ -18,17 +18,13 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from kdsearch.best import final_space
+from kdsearch.best import PARENT, ROLE, STATUS, TRIAL_SPACE, final_space
 from kdsearch.config import ConfigError, SpaceConfig
 from kdsearch.datasets import DatasetSplits
 from kdsearch.storage import redact
 from kdsearch.trial import TrialSettings
 
-STATUS = "kdsearch.status"
-ROLE = "kdsearch.role"
-PARENT = "mlflow.parentRunId"
 CONFUSION = "val_confusion"
-TRIAL_SPACE = "trial_space.yaml"
 FINAL_METRICS = ("val_acc", "val_video_acc", "val_vote_acc", "val_macro_f1", "val_loss")
 
 

@@ -19,10 +19,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import mlflow_server
 from mlflow.tracking import MlflowClient
 
-from kdsearch.testing import TINY_SPACE, browser_executable, screenshot_runs, write_tiny_space
+from kdsearch.testing import (
+    TINY_SPACE,
+    browser_executable,
+    mlflow_server,
+    screenshot_runs,
+    write_tiny_space,
+)
 
 ARTIFACTS = Path(os.environ.get("KDSEARCH_TEST_ARTIFACTS",
                                 Path(__file__).resolve().parent.parent / "test-artifacts"))

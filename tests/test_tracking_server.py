@@ -6,10 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import mlflow_server
 from mlflow.tracking import MlflowClient
 
-from kdsearch.testing import TINY_SPACE, write_tiny_space
+from kdsearch.testing import TINY_SPACE, mlflow_server, write_tiny_space
 
 
 @pytest.fixture()
