@@ -4,14 +4,14 @@ Run ``python benchmarks/cache.py --help``; its defaults reproduce the README's n
 writes (once, then reuses) under the temp dir a synthetic set (4 classes, 16 training and 4
 validation videos per class, 128x128, 32 frames at 16 fps), and per teacher/student pair a
 teacher (``--teacher-epochs``, default 0: the teacher's accuracy does not change any timing)
-and the clip cache of ``kdsearch.cache.prepare_cache``. Everything runs on the CPU with
+and the clip cache of ``kdsearch.train.cache.prepare_cache``. Everything runs on the CPU with
 ``torch.set_num_threads(--threads)`` in every measured process.
 
 Time, for every pair (default r3d_18 -> tiny3d and x3d_m -> x3d_xs), in this process, one
 side after the other, each training the same student setup (clips of 8 frames at stride 2,
 crop 64, batch 8, alpha 0.5, temperature 4, AdamW as the space file's defaults, seed 0):
 
-* (a) online: ``kdsearch.trial.fit`` with ``cache=None``, as a trial without the cache runs:
+* (a) online: ``kdsearch.train.trial.fit`` with ``cache=None``, as a trial without the cache runs:
   a DataLoader with ``--workers`` worker processes (per loader) decodes the videos and the
   teacher runs on every training batch;
 * (b) cached: ``fit`` with the cache: clips from the memory-mapped ``.npy``, teacher logits
@@ -73,7 +73,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kdsearch.cache import (  # noqa: E402
+from kdsearch.config import SpaceConfig  # noqa: E402
+from kdsearch.config.load import load_space  # noqa: E402
+from kdsearch.data.dataset import DatasetSplits, load_dataset, prepare_data  # noqa: E402
+from kdsearch.testing import write_tiny_space  # noqa: E402
+from kdsearch.train.cache import (  # noqa: E402
     META,
     TRAIN_CLIPS,
     VAL_CLIPS,
@@ -82,9 +86,7 @@ from kdsearch.cache import (  # noqa: E402
     ClipCache,
     prepare_cache,
 )
-from kdsearch.config import SpaceConfig  # noqa: E402
-from kdsearch.datasets import DatasetSplits, load_dataset, prepare_data  # noqa: E402
-from kdsearch.engine import (  # noqa: E402
+from kdsearch.train.loop import (  # noqa: E402
     build_model,
     evaluate,
     make_optimizer,
@@ -92,10 +94,8 @@ from kdsearch.engine import (  # noqa: E402
     to_channels_last,
     train_one_epoch,
 )
-from kdsearch.spacefile import load_space  # noqa: E402
-from kdsearch.teacher import prepare_teacher  # noqa: E402
-from kdsearch.testing import write_tiny_space  # noqa: E402
-from kdsearch.trial import CHECKPOINT_FILE, TrialContext, TrialSettings, fit  # noqa: E402
+from kdsearch.train.teacher import prepare_teacher  # noqa: E402
+from kdsearch.train.trial import CHECKPOINT_FILE, TrialContext, TrialSettings, fit  # noqa: E402
 
 SAMPLED = {"alpha": 0.5, "temperature": 4.0}
 MB = 1024 * 1024

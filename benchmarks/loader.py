@@ -297,7 +297,7 @@ def _loader_side(records: list[VideoRecord], clips: list[Clip], shape_args: dict
     reads all ``clips`` with it."""
     dataset = VideoClipDataset(records, train=True, num_frames=shape_args["num_frames"],
                                stride=shape_args["stride"], crop_size=shape_args["crop_size"],
-                               uint8=True)  # as kdsearch.datasets.make_loaders builds it
+                               uint8=True)  # as kdsearch.data.dataset.make_loaders builds it
     sampler = _Indices(list(range(_warm_up(args))))
     loader = DataLoader(_FixedClips(dataset, clips), batch_size=args.batch_size,
                         num_workers=args.workers, sampler=sampler, persistent_workers=True)

@@ -16,7 +16,7 @@ of one seed), metric ``val_acc``/max, ``max_concurrent_trials=--concurrency``,
 
 Methods, all over the same space and seed (the seed is the sampler's and the noise's):
 
-* ``random``: Optuna's RandomSampler through ``kdsearch.searcher.make_searcher``, no scheduler:
+* ``random``: Optuna's RandomSampler through ``kdsearch.search.sampler.make_searcher``, no scheduler:
   every trial trains ``--max-t`` epochs;
 * ``random+asha``: the same with ASHA;
 * ``tpe``: ``make_searcher`` with TPE (Optuna's TPESampler defaults, seeded), no scheduler;
@@ -104,7 +104,7 @@ from ray import tune  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from kdsearch.config import Search  # noqa: E402
-from kdsearch.searcher import make_sampler, make_searcher, optuna_space  # noqa: E402
+from kdsearch.search.sampler import make_sampler, make_searcher, optuna_space  # noqa: E402
 
 METHODS = ("random", "random+asha", "tpe", "optuna+asha", "kdsearch+asha")
 REFERENCE = "random"

@@ -1,7 +1,7 @@
 """A simulated knowledge-distillation learning curve with a known optimum (no Ray, no torch).
 
 The space is the demo space file's (``search_spaces/demo.yaml``): ``alpha`` uniform [0, 0.9]
-(the weight on the teacher's soft targets, ``kdsearch.losses``), ``temperature`` log-uniform
+(the weight on the teacher's soft targets, ``kdsearch.train.losses``), ``temperature`` log-uniform
 [1, 16], ``lr`` log-uniform [3e-4, 1e-2], ``backbone`` one of ``tiny3d``, ``tiny3d_wide``,
 ``tiny_r2plus1d``. The validation accuracy after ``e`` epochs (4 classes, chance 0.25) is
 

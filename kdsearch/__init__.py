@@ -1,9 +1,26 @@
-"""kdsearch: distributed hyperparameter search for knowledge distillation of video models."""
+"""kdsearch: distributed hyperparameter search for knowledge distillation of video models.
 
-from kdsearch.config import ConfigError, SpaceConfig
-from kdsearch.losses import KDLoss, kd_loss
-from kdsearch.spacefile import load_space
+Importing ``kdsearch`` loads nothing heavy: the space file's names come from
+:mod:`kdsearch.config` (no torch, no Ray), and the KD loss loads torch on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from kdsearch.config import ConfigError, SpaceConfig, load_space
+
+if TYPE_CHECKING:
+    from kdsearch.train.losses import KDLoss, kd_loss
 
 __version__ = "0.1.0"
 
 __all__ = ["ConfigError", "KDLoss", "SpaceConfig", "__version__", "kd_loss", "load_space"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("KDLoss", "kd_loss"):
+        from kdsearch.train import losses
+
+        return getattr(losses, name)
+    raise AttributeError(f"module 'kdsearch' has no attribute {name!r}")

@@ -7,7 +7,6 @@ is distinguishable from the runners-up, and writes a space file that trains it o
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import logging
 import math
@@ -21,33 +20,21 @@ from typing import Any
 
 import yaml
 
-from kdsearch.config import SEARCHABLE, Student
+from kdsearch.config import SEARCHABLE, Student, final_space
+from kdsearch.track.schema import (
+    RESOLVED_SPACE,
+    ROLE,
+    STATUS,
+    TRIAL_ID,
+    TRIAL_SPACE,
+    Status,
+    finite,
+    ranked,
+    trial_runs,
+)
 
-# Tag and artifact names of a search's MLflow records, defined here (kdsearch.tracking takes
-# them from this module) so that this command does not import Ray.
-ROLE = "kdsearch.role"
-STATUS = "kdsearch.status"
-PARENT = "mlflow.parentRunId"
-TRIAL_SPACE = "trial_space.yaml"
 EXIT_NOTHING = 1
 EXIT_BAD_INPUT = 2
-DEFAULT_SEARCHED = ("alpha", "temperature", "lr", "backbone")
-
-
-def final_space(space: Mapping[str, Any], sampled: Mapping[str, Any],
-                experiment: str | None = None) -> dict[str, Any]:
-    """The space file (a dict) that trains one configuration once: ``space`` with the
-    ``sampled`` student settings fixed and no search left."""
-    out: dict[str, Any] = copy.deepcopy(dict(space))
-    student = out.setdefault("student", {})
-    for name, value in sampled.items():
-        if name in SEARCHABLE:
-            student[name] = value.item() if hasattr(value, "item") else value  # numpy scalars
-    search = out.setdefault("search", {})
-    search.update(space={}, num_samples=1, max_concurrent=1, scheduler={"name": "none"})
-    if experiment is not None:
-        out.setdefault("experiment", {})["name"] = experiment
-    return out
 
 
 class BestError(Exception):
@@ -109,15 +96,6 @@ def find_experiment(client: Any, name: str) -> str:
     return str(experiment.experiment_id)
 
 
-def _trials(client: Any, experiment_id: str, parent_id: str, completed: bool = False
-            ) -> list[Any]:
-    query = f"tags.`{PARENT}` = '{parent_id}' and tags.`{ROLE}` = 'trial'"
-    if completed:
-        query += f" and tags.`{STATUS}` = 'completed'"
-    return list(client.search_runs([experiment_id], query, max_results=1 if completed
-                                   else 50000))
-
-
 def choose_search(client: Any, experiment_id: str, name: str, search_id: str | None) -> Any:
     """The given search, or the latest one with at least one completed trial."""
     from mlflow.exceptions import MlflowException
@@ -135,7 +113,8 @@ def choose_search(client: Any, experiment_id: str, name: str, search_id: str | N
     if not searches:
         raise BestError(f"experiment {name!r} has no search runs", EXIT_NOTHING)
     for run in searches:
-        if _trials(client, experiment_id, run.info.run_id, completed=True):
+        if trial_runs(client, experiment_id, run.info.run_id, status=Status.COMPLETED,
+                      max_results=1):
             if run is not searches[0]:
                 print(f"note: later searches have no completed trial yet (the latest: "
                       f"{searches[0].info.run_name}, run {searches[0].info.run_id})")
@@ -143,19 +122,17 @@ def choose_search(client: Any, experiment_id: str, name: str, search_id: str | N
     return searches[0]  # none has a completed trial: its counts explain why
 
 
-def candidates(runs: Sequence[Any], metric: str, mode: str, prefer: str | None = None
-               ) -> list[Candidate]:
-    """Completed trials with a finite ``metric``, best first; among equal values the run
-    the search itself named best (``prefer``) comes first."""
+def candidates(runs: Sequence[Any], metric: str, mode: str) -> list[Candidate]:
+    """Completed trials with a finite ``metric`` (its last epoch's value), best first, in the
+    one ranking of trials (:func:`kdsearch.track.schema.ranked`)."""
     found = []
     for run in runs:
-        value = run.data.metrics.get(metric)
-        if run.data.tags.get(STATUS) == "completed" and value is not None and math.isfinite(
-                value):
-            found.append(Candidate(run.info.run_id, run.data.tags.get("kdsearch.trial_id", "?"),
-                                   float(value), dict(run.data.params)))
-    return sorted(found, key=lambda c: (-c.value if mode == "max" else c.value,
-                                        c.run_id != prefer))
+        value = finite(run.data.metrics.get(metric))
+        if run.data.tags.get(STATUS) == Status.COMPLETED and value is not None:
+            found.append(Candidate(run.info.run_id, run.data.tags.get(TRIAL_ID, "?"), value,
+                                   dict(run.data.params)))
+    return ranked(found, mode=mode, status=lambda c: Status.COMPLETED, value=lambda c: c.value,
+                  trial_id=lambda c: c.trial_id)
 
 
 def status_counts(runs: Sequence[Any]) -> str:
@@ -167,7 +144,7 @@ def searched_names(parent: Any, best: Candidate) -> list[str]:
     text = parent.data.params.get("searched")
     if text:
         return [n for n in text.split(",") if n]
-    return [n for n in DEFAULT_SEARCHED if n in best.params]
+    return [n for n in SEARCHABLE if n in best.params]  # a search from before "searched"
 
 
 def _fmt(text: str) -> str:
@@ -262,7 +239,7 @@ def best_space(client: Any, parent: Any, best: Candidate, names: Sequence[str]
     space = _artifact(client, best.run_id, TRIAL_SPACE)
     if space is not None:
         return space
-    space = _artifact(client, parent.info.run_id, "resolved_space.yaml")
+    space = _artifact(client, parent.info.run_id, RESOLVED_SPACE)
     if space is None:
         raise BestError(f"neither run {best.run_id} ({TRIAL_SPACE}) nor its search "
                         "(resolved_space.yaml) has a space file to rebuild it from")
@@ -297,17 +274,17 @@ def run(args: argparse.Namespace) -> int:
     mode = params.get("mode") or ("min" if metric == "val_loss" else "max")
     print(f"search: {parent.info.run_name} (run {parent.info.run_id}, "
           f"{parent.data.tags.get(STATUS, 'unknown')})")
-    runs = _trials(client, experiment_id, parent.info.run_id)
-    ranked = candidates(runs, metric, mode, parent.data.tags.get("kdsearch.best_run_id"))
-    if not ranked:
+    runs = trial_runs(client, experiment_id, parent.info.run_id)
+    order = candidates(runs, metric, mode)
+    if not order:
         raise BestError(f"search {parent.info.run_id} has no completed trial with {metric} "
                         f"({status_counts(runs)})", EXIT_NOTHING)
     print(f"trials: {status_counts(runs)}; ranked by {metric} ({mode}), completed only\n")
-    best = ranked[0]
+    best = order[0]
     names = searched_names(parent, best)
-    print_table(ranked[:max(args.top, 1)], metric, names)
+    print_table(order[:max(args.top, 1)], metric, names)
     print(f"\nbest: run {best.run_id}, trial {best.trial_id}, {metric} {best.value:.4f}")
-    print(noise_note(ranked, metric, parent.data.metrics.get("data_val_videos")))
+    print(noise_note(order, metric, parent.data.metrics.get("data_val_videos")))
     space = final_space(best_space(client, parent, best, names), {},
                         experiment=f"{args.experiment}-final")
     header = (f"# The best trial of experiment {args.experiment}: run {best.run_id} (trial "

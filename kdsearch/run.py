@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from kdsearch.config import Choice, ConfigError, IntRange, LogUniform, SpaceConfig
-from kdsearch.spacefile import load_space
+from kdsearch.config.load import load_space
 
 EXIT_BAD_INPUT = 2
 
@@ -52,7 +52,7 @@ def describe_space(cfg: SpaceConfig) -> str:
 
 
 def print_outcome(outcome: object, cfg: SpaceConfig) -> None:
-    from kdsearch.search import SearchOutcome
+    from kdsearch.search.driver import SearchOutcome
 
     assert isinstance(outcome, SearchOutcome)
     metric = cfg.search.metric
@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(yaml.safe_dump(cfg.model_dump(), sort_keys=False).rstrip())
         print(f"\nsearch space ({cfg.search.num_samples} trials):\n{describe_space(cfg)}")
         return 0
-    from kdsearch.search import run_search
+    from kdsearch.search.driver import run_search
 
     try:
         outcome = run_search(cfg, args.space.resolve(), address=args.address,

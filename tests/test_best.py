@@ -15,9 +15,10 @@ import yaml
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from kdsearch.best import PARENT, ROLE, STATUS, TRIAL_SPACE, final_space, main
-from kdsearch.config import SEARCHABLE
-from kdsearch.spacefile import load_space
+from kdsearch.best import main
+from kdsearch.config import SEARCHABLE, final_space
+from kdsearch.config.load import load_space
+from kdsearch.track.schema import PARENT, ROLE, STATUS, TRIAL_SPACE
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "search_spaces" / "demo.yaml"
@@ -234,13 +235,6 @@ def test_missing_database_is_not_created(tmp_path: Path, monkeypatch: pytest.Mon
     assert f"no MLflow database at {tmp_path / 'mlflow.db'}" in err and "--tracking-uri" in err
     assert main(["--experiment", "demo", "--tracking-uri", "sqlite:///elsewhere/m.db"]) == 2
     assert list(tmp_path.iterdir()) == []
-
-
-def test_tags_match_the_search_records() -> None:
-    from kdsearch import tracking
-
-    assert (ROLE, STATUS, PARENT, TRIAL_SPACE) == (tracking.ROLE, tracking.STATUS,
-                                                   tracking.PARENT, tracking.TRIAL_SPACE)
 
 
 def test_module_entry_point(tmp_path: Path, store: dict[str, str]) -> None:

@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from kdsearch.cache import (
+from kdsearch.config import SpaceConfig
+from kdsearch.config.load import load_space
+from kdsearch.data.dataset import DatasetSplits, load_dataset, prepare_data
+from kdsearch.models import build_model
+from kdsearch.models.checkpoints import load_teacher
+from kdsearch.testing import write_tiny_space
+from kdsearch.train.cache import (
     META,
     CachedTrainBatches,
     CachedValBatches,
@@ -21,14 +27,10 @@ from kdsearch.cache import (
     cache_key,
     prepare_cache,
 )
-from kdsearch.config import SpaceConfig
-from kdsearch.datasets import DatasetSplits, load_dataset, prepare_data
-from kdsearch.engine import build_model, to_model_input
-from kdsearch.losses import kd_loss
-from kdsearch.spacefile import load_space
-from kdsearch.teacher import prepare_teacher
-from kdsearch.testing import write_tiny_space
-from kdsearch.trial import TrialContext, fit, load_teacher
+from kdsearch.train.loop import to_model_input
+from kdsearch.train.losses import kd_loss
+from kdsearch.train.teacher import prepare_teacher
+from kdsearch.train.trial import TrialContext, fit
 
 
 @pytest.fixture(scope="module")
@@ -151,9 +153,9 @@ def test_a_failed_build_leaves_no_cache(built: tuple[SpaceConfig, DatasetSplits,
 _BUILD = """
 import sys
 from pathlib import Path
-from kdsearch.cache import prepare_cache
-from kdsearch.datasets import load_dataset
-from kdsearch.spacefile import load_space
+from kdsearch.train.cache import prepare_cache
+from kdsearch.data.dataset import load_dataset
+from kdsearch.config.load import load_space
 folder = Path(sys.argv[1])
 cfg = load_space(folder / "space.yaml", ["storage=store2"], cwd=folder)
 data = load_dataset(cfg.data, cfg.student.clip, folder / "idx", log=lambda _: None)

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from kdsearch.config import ConfigError
+from kdsearch.config.load import load_space
 from kdsearch.run import main
-from kdsearch.spacefile import load_space
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "search_spaces" / "demo.yaml"
@@ -201,7 +201,7 @@ def test_dry_run_prints_config_and_space(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_soccerdb1_space_file_fits_a_frame_folder_set(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from kdsearch.data.testmedia import write_frame_folder
+    from kdsearch.testing.media import write_frame_folder
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
     space = REPO / "search_spaces" / "soccerdb1.yaml"
@@ -222,7 +222,7 @@ def test_soccerdb1_space_file_fits_a_frame_folder_set(tmp_path: Path,
 
 
 def test_ucf101_space_file_reads_index_labels(tmp_path: Path) -> None:
-    from kdsearch.datasets import list_splits
+    from kdsearch.data.dataset import list_splits
 
     space = REPO / "search_spaces" / "ucf101.yaml"
     videos = tmp_path / "data/ucf101/videos"

@@ -342,7 +342,7 @@ def test_dataset_in_a_dataloader(ramps: list[VideoRecord]) -> None:
 
 
 def test_uint8_clips_become_the_float_clips_on_the_device(ramps: list[VideoRecord]) -> None:
-    from kdsearch.engine import to_model_input
+    from kdsearch.train.loop import to_model_input
 
     shape = {"num_frames": 4, "stride": 2, "crop_size": 16, "train": False}
     raw = VideoClipDataset(ramps, **shape, uint8=True)[1][0]

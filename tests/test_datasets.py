@@ -11,10 +11,10 @@ import pytest
 
 from kdsearch.config import Clip, ConfigError, Data
 from kdsearch.data import index as index_module
+from kdsearch.data.dataset import load_dataset, summarize
 from kdsearch.data.index import SCHEMA, index_path, index_split, read_index
 from kdsearch.data.layouts import LayoutError, list_split, stratified_split
-from kdsearch.data.testmedia import write_broken, write_frame_folder, write_test_video
-from kdsearch.datasets import load_dataset, summarize
+from kdsearch.testing.media import write_broken, write_frame_folder, write_test_video
 
 CLIP = Clip(num_frames=4, stride=2, crop_size=32)  # needs 7 frames
 

@@ -1,6 +1,6 @@
 """Tests for seeking clip decoding, frame folders, the media probe and the clip dataset on them.
 
-Test videos come from kdsearch.data.testmedia: every frame shows its own number, so a test can
+Test videos come from kdsearch.testing.media: every frame shows its own number, so a test can
 tell exactly which frames a reader returned, and that they are upright.
 """
 
@@ -31,11 +31,12 @@ from kdsearch.data import (
     probe_video,
     read_frame_files,
     read_video_frames,
-    testmedia,
 )
+from kdsearch.data import decode as decode_module
 from kdsearch.data import probe as probe_module
 from kdsearch.data import video as video_module
-from kdsearch.data.testmedia import (
+from kdsearch.testing import media as testmedia
+from kdsearch.testing.media import (
     frame_number_of,
     write_broken,
     write_frame_folder,
@@ -132,7 +133,7 @@ def test_reading_decodes_from_the_keyframe_and_converts_only_needed_frames(
 def _count_work(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[int]]:
     decoded: list[int] = []
     converted: list[int] = []
-    all_frames, converter = video_module._all_frames, video_module._converter
+    all_frames, converter = decode_module.all_frames, decode_module._converter
 
     def counting_frames(container: InputContainer, stream: av.VideoStream
                         ) -> Iterator[av.VideoFrame]:
@@ -148,15 +149,15 @@ def _count_work(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[int]]:
             return convert(frame)
         return counting
 
-    monkeypatch.setattr(video_module, "_all_frames", counting_frames)
-    monkeypatch.setattr(video_module, "_converter", counting_converter)
+    monkeypatch.setattr(decode_module, "all_frames", counting_frames)
+    monkeypatch.setattr(decode_module, "_converter", counting_converter)
     return decoded, converted
 
 
 def test_a_decoding_error_repeats_the_last_good_frame(media: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_test_video(media / "breaks.mkv", num_frames=FRAMES, gop=6)
-    all_frames = video_module._all_frames
+    all_frames = decode_module.all_frames
 
     def breaking(container: InputContainer, stream: av.VideoStream) -> Iterator[av.VideoFrame]:
         for frame in all_frames(container, stream):
@@ -164,7 +165,7 @@ def test_a_decoding_error_repeats_the_last_good_frame(media: Path,
                 raise av.error.InvalidDataError(1094995529, "Invalid data found")
             yield frame
 
-    monkeypatch.setattr(video_module, "_all_frames", breaking)
+    monkeypatch.setattr(decode_module, "all_frames", breaking)
     assert _numbers(read_video_frames(path, [14, 18, 22, 26])) == [14, 18, 19, 19]
     with pytest.raises(DecodeError, match=r"breaks\.mkv: none of frames 22\.\.26 decodes "
                                           r"\(decoding stopped after frame 19: .*Invalid data"):
@@ -486,7 +487,6 @@ def test_dataset_probes_a_record_without_a_count_once(
 
 def test_dataset_retries_a_broken_clip_from_the_start(
         records: list[VideoRecord], monkeypatch: pytest.MonkeyPatch) -> None:
-    from kdsearch.data import video as video_module
 
     starts: list[int] = []
     read = video_module.read_video_frames

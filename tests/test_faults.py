@@ -11,8 +11,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from kdsearch.resume import unfinished_searches
-from kdsearch.spacefile import load_space
+from kdsearch.config.load import load_space
+from kdsearch.search.resume import unfinished_searches
 from kdsearch.testing import TINY_SPACE, write_tiny_space
 
 
@@ -94,8 +94,8 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 from mlflow.tracking import MlflowClient
-from kdsearch.search import run_search
-from kdsearch.spacefile import load_space
+from kdsearch.search.driver import run_search
+from kdsearch.config.load import load_space
 
 folder = Path(sys.argv[1])
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})

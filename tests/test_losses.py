@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from kdsearch.losses import kd_loss
+from kdsearch.train.losses import kd_loss
 
 
 def test_kd_loss_matches_hand_computation() -> None:

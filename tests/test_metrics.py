@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdsearch.engine import Batch, Normalized, build_model, evaluate
-from kdsearch.metrics import classification_metrics, confusion_figure, metric_key
+from kdsearch.models import Normalized, build_model
+from kdsearch.train.loop import Batch, evaluate
+from kdsearch.train.metrics import classification_metrics, confusion_figure, metric_key
 
 CPU = torch.device("cpu")
 
@@ -130,7 +131,7 @@ def test_confusion_figure_rejects_shape_mismatch() -> None:
 
 
 def test_metrics_import_keeps_matplotlib_off() -> None:
-    code = "import sys, kdsearch.metrics; sys.exit('matplotlib' in sys.modules)"
+    code = "import sys, kdsearch.train.metrics; sys.exit('matplotlib' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 

@@ -36,8 +36,8 @@ ARTIFACTS = Path(os.environ.get("KDSEARCH_TEST_ARTIFACTS",
 @pytest.fixture(scope="module")
 def searched(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One real search (Ray Tune, Optuna, ASHA) into a local SQLite store."""
-    from kdsearch.search import run_search
-    from kdsearch.spacefile import load_space
+    from kdsearch.config.load import load_space
+    from kdsearch.search.driver import run_search
 
     folder = tmp_path_factory.mktemp("search")
     search = {**TINY_SPACE["search"], "num_samples": 4}
@@ -145,7 +145,7 @@ def test_the_runs_page_renders_in_chromium(searched: dict[str, Any], server: str
 
 def test_the_registered_student_predicts_like_its_checkpoint(searched: dict[str, Any]
                                                              ) -> None:
-    from kdsearch.engine import build_model
+    from kdsearch.models import build_model
 
     outcome, cfg = searched["outcome"], searched["cfg"]
     client = MlflowClient(searched["store"])
@@ -199,7 +199,7 @@ def test_registering_repairs_an_interrupted_publish(searched: dict[str, Any]) ->
     """A driver killed inside publish left the student logged but unregistered and its run
     reopened: the resumed search registers that model (not a second one) and closes the run;
     a third attempt changes nothing."""
-    from kdsearch.publish import MODEL_NAME, register_best
+    from kdsearch.track.publish import MODEL_NAME, register_best
 
     outcome, cfg = searched["outcome"], searched["cfg"]
     cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(

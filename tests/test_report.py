@@ -18,7 +18,13 @@ from optuna.trial import TrialState
 from PIL import Image
 
 from kdsearch.config import Search
-from kdsearch.report import TrialRecord, _attempt, study_from_records, trials_table, write_report
+from kdsearch.track.report import (
+    TrialRecord,
+    _attempt,
+    study_from_records,
+    trials_table,
+    write_report,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FULL_SPACE = {
@@ -155,7 +161,8 @@ def test_nan_and_missing_values_fail_the_trial_without_raising() -> None:
                                                TrialState.COMPLETE, TrialState.FAIL]
     assert study.trials[0].intermediate_values == {1: 0.4}  # NaN epochs are left out
     table = trials_table(records, search)
-    assert table.column("trial_id").to_pylist() == ["ok", "nan", "empty", "odd"]
+    # NaN and missing rank alike, after every finite value; their tie goes by trial id.
+    assert table.column("trial_id").to_pylist() == ["ok", "empty", "nan", "odd"]
     assert math.isnan(table.column("val_acc")[1].as_py())
 
 
@@ -280,6 +287,6 @@ def test_a_plot_that_raises_is_logged_and_skipped(caplog: pytest.LogCaptureFixtu
     def broken() -> None:
         raise ValueError("not enough trials")
 
-    with caplog.at_level(logging.WARNING, logger="kdsearch.report"):
+    with caplog.at_level(logging.WARNING, logger="kdsearch.track.report"):
         assert _attempt("param_importances", broken) is None
     assert "param_importances not drawn: ValueError: not enough trials" in caplog.text

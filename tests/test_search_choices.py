@@ -13,8 +13,9 @@ from optuna.trial import TrialState
 from ray import tune
 
 from kdsearch.config import ConfigError, Search, SpaceConfig
-from kdsearch.searcher import make_sampler, make_searcher, warm_trials
-from kdsearch.spacefile import load_space
+from kdsearch.config.load import load_space
+from kdsearch.search.sampler import make_searcher
+from kdsearch.search.space import make_sampler, warm_trials
 from kdsearch.testing import TINY_SPACE, write_tiny_space
 
 MAX_T = 4
@@ -94,11 +95,11 @@ def test_cmaes_refuses_a_space_with_a_choice(tmp_path: Path) -> None:
     ({"name": "none"}, False)])
 def test_each_scheduler_drives_a_search(scheduler: dict[str, Any], stops_early: bool,
                                         ray_local: None, tmp_path: Path) -> None:
-    from kdsearch.search import _scheduler
+    from kdsearch.search.tuner import make_scheduler
 
     cfg = space_with(tmp_path, scheduler=scheduler)
     cfg = cfg.model_copy(update={"student": cfg.student.model_copy(update={"epochs": MAX_T})})
-    built = _scheduler(cfg)
+    built = make_scheduler(cfg)
     expected = {"asha": tune.schedulers.ASHAScheduler,
                 "hyperband": tune.schedulers.ASHAScheduler,
                 "median": tune.schedulers.MedianStoppingRule}.get(scheduler["name"])
@@ -183,7 +184,7 @@ def _earlier_experiment(store: str) -> None:
 
 def test_a_warm_start_tells_the_sampler_an_earlier_experiment(ray_local: None,
                                                               tmp_path: Path) -> None:
-    from kdsearch.search import _warm_start
+    from kdsearch.search.driver import _warm_start
 
     store = f"sqlite:///{tmp_path / 'earlier.db'}"
     _earlier_experiment(store)
@@ -206,7 +207,7 @@ def test_a_warm_start_tells_the_sampler_an_earlier_experiment(ray_local: None,
 
 
 def test_a_warm_start_from_a_missing_experiment_is_a_config_error(tmp_path: Path) -> None:
-    from kdsearch.search import _warm_start
+    from kdsearch.search.driver import _warm_start
 
     cfg = space_with(tmp_path, warm_start={"experiment": "nope"})
     with pytest.raises(ConfigError) as err:
@@ -220,15 +221,3 @@ def test_warm_trials_parse_mlflow_strings() -> None:
                        batch_size={"type": "int", "low": 4, "high": 16})
     (trial,) = warm_trials(search, [({"backbone": "x3d_xs", "batch_size": "8"}, 0.7)])
     assert trial.params == {"backbone": "x3d_xs", "batch_size": 8}
-
-
-def test_stock_feedback_counts_stopped_trials_complete(ray_local: None, tmp_path: Path) -> None:
-    """search.fidelity_aware: false, for comparison: Ray's own OptunaSearch feedback."""
-    search = Search.model_validate({**search_of("random").model_dump(),
-                                    "fidelity_aware": False})
-    asha = tune.schedulers.ASHAScheduler(time_attr="epoch", max_t=MAX_T, grace_period=1,
-                                         reduction_factor=2)
-    results, searcher = tune_run(search, tmp_path, asha, num_samples=8)
-    epochs = [int(r.metrics["epoch"]) for r in results]
-    assert min(epochs) < MAX_T  # some were stopped early ...
-    assert [t.state for t in searcher.study.trials] == [TrialState.COMPLETE] * 8  # ... yet

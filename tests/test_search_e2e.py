@@ -86,8 +86,8 @@ def test_gpus_requested_on_a_cluster_without_gpus_fail_at_start(tmp_path: Path) 
 
 def test_a_failing_trial_is_recorded_and_the_search_goes_on(ray_local: None,
                                                              tmp_path: Path) -> None:
-    from kdsearch.search import run_search
-    from kdsearch.spacefile import load_space
+    from kdsearch.config.load import load_space
+    from kdsearch.search.driver import run_search
 
     # lr 1e30 with SGD diverges in the first step: that trial fails, the others run.
     search = {**TINY_SPACE["search"], "num_samples": 2,
@@ -144,9 +144,9 @@ def _trial_runs(client: MlflowClient, experiment_id: str) -> list:
 
 
 def test_search_over_frame_folders_with_broken_videos(ray_local: None, tmp_path: Path) -> None:
-    from kdsearch.data.testmedia import write_frame_folder
-    from kdsearch.search import run_search
-    from kdsearch.spacefile import load_space
+    from kdsearch.config.load import load_space
+    from kdsearch.search.driver import run_search
+    from kdsearch.testing.media import write_frame_folder
 
     root = tmp_path / "images"
     for split, n in (("train", 4), ("val", 2)):
@@ -190,9 +190,9 @@ def test_search_over_frame_folders_with_broken_videos(ray_local: None, tmp_path:
 
 
 def test_search_over_an_annotation_list(ray_local: None, tmp_path: Path) -> None:
-    from kdsearch.data.testmedia import write_broken, write_test_video
-    from kdsearch.search import run_search
-    from kdsearch.spacefile import load_space
+    from kdsearch.config.load import load_space
+    from kdsearch.search.driver import run_search
+    from kdsearch.testing.media import write_broken, write_test_video
 
     root = tmp_path / "clips"
     lines = ["path,label"]
@@ -227,7 +227,7 @@ def test_search_over_an_annotation_list(ray_local: None, tmp_path: Path) -> None
 
 def test_data_without_a_usable_video_in_a_class_stops_before_anything_starts(
         tmp_path: Path) -> None:
-    from kdsearch.data.testmedia import write_broken, write_test_video
+    from kdsearch.testing.media import write_broken, write_test_video
 
     for split in ("train", "val"):
         write_test_video(tmp_path / "videos" / split / "kick" / "a.mp4", num_frames=12)
@@ -252,8 +252,8 @@ def test_teacher_weights_that_do_not_fit_stop_the_search_as_bad_input(
     import torch
 
     from kdsearch.config import ConfigError
-    from kdsearch.search import run_search
-    from kdsearch.spacefile import load_space
+    from kdsearch.config.load import load_space
+    from kdsearch.search.driver import run_search
 
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "bad.pt")
     path = write_tiny_space(tmp_path, teacher={**TINY_SPACE["teacher"], "weights": "bad.pt"})
@@ -264,8 +264,8 @@ def test_teacher_weights_that_do_not_fit_stop_the_search_as_bad_input(
 
 
 def test_allow_cpu_runs_a_gpu_space_file_on_cpus(ray_local: None, tmp_path: Path) -> None:
-    from kdsearch.search import run_search
-    from kdsearch.spacefile import load_space
+    from kdsearch.config.load import load_space
+    from kdsearch.search.driver import run_search
 
     path = write_tiny_space(tmp_path, search={**TINY_SPACE["search"], "num_samples": 1},
                             resources={"cpus_per_trial": 1, "gpus_per_trial": 0.5,

@@ -11,7 +11,8 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from kdsearch.config import Search
-from kdsearch.searcher import make_sampler, make_searcher, optuna_space
+from kdsearch.search.sampler import make_searcher
+from kdsearch.search.space import make_sampler, optuna_space
 
 MAX_T = 4
 

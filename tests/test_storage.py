@@ -16,14 +16,15 @@ import pytest
 import torch
 
 from kdsearch import storage
-from kdsearch.cache import ClipCache, prepare_cache
 from kdsearch.config import ConfigError
-from kdsearch.datasets import load_dataset, local_records, prepare_data
-from kdsearch.engine import to_model_input
-from kdsearch.spacefile import load_space
-from kdsearch.teacher import prepare_teacher
+from kdsearch.config.load import load_space
+from kdsearch.data.dataset import load_dataset, local_records, prepare_data
+from kdsearch.models.checkpoints import load_teacher
 from kdsearch.testing import TINY_SPACE, write_tiny_space
-from kdsearch.trial import TrialContext, fit, load_teacher
+from kdsearch.train.cache import ClipCache, prepare_cache
+from kdsearch.train.loop import to_model_input
+from kdsearch.train.teacher import prepare_teacher
+from kdsearch.train.trial import TrialContext, fit
 
 BUCKET = "kdsearch-test"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "fake-id", "AWS_SECRET_ACCESS_KEY": "fake-secret",
@@ -351,7 +352,7 @@ def test_a_search_in_s3_storage_survives_a_killed_driver(
 
     from mlflow.tracking import MlflowClient
 
-    from kdsearch.resume import unfinished_searches
+    from kdsearch.search.resume import unfinished_searches
 
     epochs = 6
     store = uri(s3, "searches")

@@ -19,8 +19,8 @@ def server(tmp_path: Path) -> Iterator[str]:
 
 def test_a_search_records_to_an_mlflow_server(ray_local: None, server: str,
                                               tmp_path: Path) -> None:
-    from kdsearch.search import run_search
-    from kdsearch.spacefile import load_space
+    from kdsearch.config.load import load_space
+    from kdsearch.search.driver import run_search
 
     search = {**TINY_SPACE["search"], "num_samples": 2}
     path = write_tiny_space(tmp_path, search=search, tracking={"uri": server})

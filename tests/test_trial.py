@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 import torch
 
-from kdsearch.config import SpaceConfig
-from kdsearch.datasets import DatasetSplits, load_dataset, prepare_data
-from kdsearch.engine import NonFiniteLossError
-from kdsearch.spacefile import load_space
-from kdsearch.teacher import prepare_teacher
+from kdsearch.config import SpaceConfig, trial_student
+from kdsearch.config.load import load_space
+from kdsearch.data.dataset import DatasetSplits, load_dataset, prepare_data
 from kdsearch.testing import write_tiny_space
-from kdsearch.trial import CHECKPOINT_FILE, TrialContext, TrialSettings, fit
+from kdsearch.train.loop import NonFiniteLossError
+from kdsearch.train.teacher import prepare_teacher
+from kdsearch.train.trial import CHECKPOINT_FILE, TrialContext, fit
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_a_diverging_trial_stops_with_the_reason(context: TrialContext, tmp_path
 
 
 def test_settings_take_sampled_values_over_student_defaults(context: TrialContext) -> None:
-    settings = TrialSettings.resolve(context.cfg.student, {"alpha": 0.7, "batch_size": 4.0})
+    settings = trial_student(context.cfg.student, {"alpha": 0.7, "batch_size": 4.0})
     assert settings.alpha == 0.7 and settings.batch_size == 4
     assert settings.backbone == context.cfg.student.backbone
 
@@ -109,7 +109,8 @@ def test_teacher_weights_that_do_not_fit_are_a_config_error(context: TrialContex
 
 @pytest.mark.parametrize("name", ["resnet18_tsn", "tiny3d", "x3d_xs"])
 def test_channels_last_weights_keep_every_students_output(name: str) -> None:
-    from kdsearch.engine import build_model, channels_last_weights
+    from kdsearch.models import build_model
+    from kdsearch.train.loop import channels_last_weights
 
     torch.manual_seed(0)
     model = build_model(name, 3, "none", "student").eval()

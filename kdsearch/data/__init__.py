@@ -1,17 +1,35 @@
-"""Video data: the synthetic action set, video folders, clip decoding, media probes and the clip
-dataset."""
+"""Video data: media helpers, decoding (videos and frame folders), probes, the index, folder
+and list layouts, the clip dataset with its splits, and the synthetic action set.
 
-from kdsearch.data.frames import FRAME_EXTENSIONS, list_frames, read_frame_files
-from kdsearch.data.probe import MediaInfo, probe_frames, probe_video
-from kdsearch.data.synthetic import SYNTHETIC_CLASSES, generate_synthetic, write_video
-from kdsearch.data.video import (
-    VIDEO_EXTENSIONS,
-    DecodeError,
-    VideoClipDataset,
-    VideoRecord,
-    clip_indices,
-    read_video_frames,
-)
+Owns: everything between the user's files and a batch of clips.
+May import: :mod:`kdsearch.storage`, and :mod:`kdsearch.config` in ``dataset`` (the data
+section of the space file). Never the models, training, search or tracking.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Names re-exported lazily (PEP 562), so that importing one light module (``layouts``,
+# ``media``) does not load PyAV and torch through this package.
+_EXPORTS = {
+    "read_video_frames": "decode",
+    "list_frames": "frames", "read_frame_files": "frames",
+    "FRAME_EXTENSIONS": "media", "VIDEO_EXTENSIONS": "media", "DecodeError": "media",
+    "clip_indices": "media",
+    "MediaInfo": "probe", "probe_frames": "probe", "probe_video": "probe",
+    "SYNTHETIC_CLASSES": "synthetic", "generate_synthetic": "synthetic",
+    "write_video": "synthetic",
+    "VideoClipDataset": "video", "VideoRecord": "video",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"kdsearch.data.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'kdsearch.data' has no attribute {name!r}")
+
 
 __all__ = [
     "FRAME_EXTENSIONS",

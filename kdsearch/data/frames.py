@@ -12,9 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from kdsearch.data.video import DecodeError, fill_missing, scaled_size
-
-FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
+from kdsearch.data.media import FRAME_EXTENSIONS, DecodeError, fill_missing, scaled_size
 
 _LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
 # What Pillow raises for a file that is not an image or is cut short (SyntaxError comes from

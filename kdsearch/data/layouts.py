@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from kdsearch.data.video import VIDEO_EXTENSIONS
+from kdsearch.data.media import VIDEO_EXTENSIONS
 
 Kind = Literal["video", "frames"]
 Format = Literal["synthetic", "video_folder", "frame_folder", "annotation_list"]

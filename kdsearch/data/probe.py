@@ -18,15 +18,15 @@ import av.logging
 from av.container import InputContainer
 from PIL import Image
 
-from kdsearch.data.frames import FRAME_EXTENSIONS, list_frames
-from kdsearch.data.video import (
+from kdsearch.data.decode import (
     MEDIA_ERRORS,
-    _all_frames,
-    _open,
-    _seeked_frames,
-    _SeekMissed,
-    _Timeline,
+    SeekMissed,
+    Timeline,
+    all_frames,
+    open_container,
+    seeked_frames,
 )
+from kdsearch.data.frames import FRAME_EXTENSIONS, list_frames
 
 STATUSES = ("ok", "empty", "not_video", "no_video_stream", "single_frame", "undecodable",
             "no_frames")
@@ -59,7 +59,7 @@ def probe_video(path: Path) -> MediaInfo:
         return _unusable("empty", "empty file (0 bytes)")
     with _ffmpeg_errors() as logs:
         try:
-            container = _open(path)
+            container = open_container(path)
         except MEDIA_ERRORS as error:
             return _open_failure(path, error, logs)
         with container:
@@ -142,7 +142,7 @@ def _probe_container(path: Path, container: InputContainer,
                           for s in container.streams) or "none"
         return _unusable("no_video_stream", f"no video stream (streams: {kinds})")
     stream = container.streams.video[0]
-    frames = _all_frames(container, stream)
+    frames = all_frames(container, stream)
     try:
         first = next(frames, None)
     except MEDIA_ERRORS as error:
@@ -219,12 +219,12 @@ def _count_from_end(container: InputContainer, stream: av.VideoStream, estimate:
     end) or timestamps cannot place frames."""
     last: int | None = None
     try:
-        timeline = _Timeline.of(container, stream)
+        timeline = Timeline.of(container, stream)
         if timeline is None:
             return None
-        for index, _ in _seeked_frames(container, stream, timeline, estimate - 1):
+        for index, _ in seeked_frames(container, stream, timeline, estimate - 1):
             last = index
-    except _SeekMissed:
+    except SeekMissed:
         return None
     except MEDIA_ERRORS:
         pass  # a cut file: what decoded before the break counts
@@ -233,8 +233,8 @@ def _count_from_end(container: InputContainer, stream: av.VideoStream, estimate:
 
 def _count_from_start(path: Path) -> int:
     try:
-        with _open(path) as container:
-            return _drain(_all_frames(container, container.streams.video[0]))
+        with open_container(path) as container:
+            return _drain(all_frames(container, container.streams.video[0]))
     except MEDIA_ERRORS:
         return 0
 

@@ -1,4 +1,9 @@
-"""Registry of student and teacher models for video action recognition.
+"""Registry of student and teacher models for video action recognition, the normalised wrapper
+(:mod:`~kdsearch.models.normalized`) and the checkpoint format
+(:mod:`~kdsearch.models.checkpoints`).
+
+May import: :mod:`kdsearch.storage` (checkpoints read from a URI). Never the data, training,
+search or tracking modules.
 
 Every model maps clips ``[B, 3, T, H, W]`` (normalised with ``spec.mean``/``spec.std``) to
 logits ``[B, num_classes]``::
@@ -25,13 +30,16 @@ from kdsearch.models._spec import (
 )
 from kdsearch.models._weights import weights_path
 from kdsearch.models._zoo import FrameResNet
+from kdsearch.models.normalized import Normalized, build_model
 
 __all__ = [
     "FrameResNet",
     "ModelSpec",
+    "Normalized",
     "Role",
     "UnknownModelError",
     "WeightsError",
+    "build_model",
     "create_model",
     "get_head",
     "get_spec",

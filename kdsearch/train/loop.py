@@ -13,9 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdsearch.losses import kd_loss
-from kdsearch.metrics import classification_metrics, metric_key
-from kdsearch.models import create_model, get_spec
+from kdsearch.train.losses import kd_loss
+from kdsearch.train.metrics import classification_metrics, metric_key
 
 # (clips, labels, video index[, cached teacher logits])
 Batch = Sequence[torch.Tensor]
@@ -23,32 +22,6 @@ Batch = Sequence[torch.Tensor]
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite: the trial cannot recover."""
-
-
-class Normalized(nn.Module):
-    """A model with its own input normalisation, so teacher and student share one raw clip."""
-
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    def __init__(self, model: nn.Module, mean: Iterable[float], std: Iterable[float]) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.tensor(list(mean)).view(1, 3, 1, 1, 1))
-        self.register_buffer("std", torch.tensor(list(std)).view(1, 3, 1, 1, 1))
-
-    def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        return self.model((clips - self.mean) / self.std)
-
-
-def build_model(name: str, num_classes: int, weights: str, role: str) -> Normalized:
-    """``weights="pretrained"`` takes the model's own pretrained weights (Kinetics-400 or
-    ImageNet, whichever the registry lists), so one setting fits every searched backbone."""
-    spec = get_spec(name)
-    if weights == "pretrained":
-        weights = spec.pretrained or "none"
-    model = create_model(name, num_classes, weights=weights, role=role)  # type: ignore[arg-type]
-    return Normalized(model, spec.mean, spec.std)
 
 
 def to_model_input(clips: torch.Tensor, device: torch.device, channels_last: bool = False
@@ -276,3 +249,32 @@ def evaluate(model: nn.Module, loader: Iterable[Batch], device: torch.device,
         raise ValueError("the validation loader yielded no clips: evaluate needs at least one")
     return {"val_acc": correct / seen, "val_loss": loss_sum / seen,
             **_video_metrics(videos, video_label, classes, frame_fn is not None)}
+
+
+EpochDone = Callable[[int, float, dict[str, Any]], None]
+
+
+def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, *,
+                 train_batches: Callable[[int], Iterable[Batch]], val_batches: Iterable[Batch],
+                 device: torch.device, classes: Sequence[str], epochs: int, start: int = 0,
+                 teacher: nn.Module | None = None, alpha: float = 0.0, temperature: float = 1.0,
+                 bf16: bool = False, channels_last: bool = False,
+                 on_epoch: EpochDone | None = None) -> dict[str, Any]:
+    """The one training loop (trials, the teacher stage, the benchmarks): epochs ``start + 1``
+    to ``epochs``, each one pass of :func:`train_one_epoch` over ``train_batches(epoch)``, an
+    :func:`evaluate` on ``val_batches`` and a step of ``schedule``.
+
+    ``on_epoch(epoch, lr, metrics)`` is called after each epoch with the learning rate the
+    epoch trained at; the last epoch's metrics are returned ({} when no epoch ran).
+    """
+    speed = {"bf16": bf16, "channels_last": channels_last}
+    metrics: dict[str, Any] = {}
+    for epoch in range(start + 1, epochs + 1):
+        lr = float(optimizer.param_groups[0]["lr"])
+        metrics = train_one_epoch(model, train_batches(epoch), optimizer, device, teacher, alpha,
+                                  temperature, **speed)
+        metrics.update(evaluate(model, val_batches, device, classes, **speed))
+        schedule.step()
+        if on_epoch is not None:
+            on_epoch(epoch, lr, metrics)
+    return metrics

@@ -1,23 +1,18 @@
-"""Reading a space file: YAML, ``--set`` overrides, validation and path resolution."""
+"""Reading a space file: YAML, ``--set`` overrides, validation and path resolution; and
+writing the space file that trains one sampled configuration once (:func:`final_space`)."""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from kdsearch.config import (
-    PRETRAINED,
-    Choice,
-    ConfigError,
-    SpaceConfig,
-    format_validation_error,
-    search_space_problems,
-)
+from kdsearch.config.checks import format_validation_error, search_space_problems
+from kdsearch.config.schema import PRETRAINED, SEARCHABLE, Choice, ConfigError, SpaceConfig
 from kdsearch.storage import is_uri
 
 
@@ -232,3 +227,19 @@ def _pretrained_problems(section: str, model: str, weights: str) -> list[str]:
                 f"{weights_path(spec)}; download {spec.weights_url} and place it there (no "
                 "network access at run time)"]
     return []
+
+
+def final_space(space: Mapping[str, Any], sampled: Mapping[str, Any],
+                experiment: str | None = None) -> dict[str, Any]:
+    """The space file (a dict) that trains one configuration once: ``space`` with the
+    ``sampled`` student settings fixed and no search left."""
+    out: dict[str, Any] = copy.deepcopy(dict(space))
+    student = out.setdefault("student", {})
+    for name, value in sampled.items():
+        if name in SEARCHABLE:
+            student[name] = value.item() if hasattr(value, "item") else value  # numpy scalars
+    search = out.setdefault("search", {})
+    search.update(space={}, num_samples=1, max_concurrent=1, scheduler={"name": "none"})
+    if experiment is not None:
+        out.setdefault("experiment", {})["name"] = experiment
+    return out

@@ -32,10 +32,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from kdsearch import storage
 from kdsearch.config import SpaceConfig
+from kdsearch.data.dataset import DatasetSplits
 from kdsearch.data.video import VideoClipDataset, VideoRecord
-from kdsearch.datasets import DatasetSplits
-from kdsearch.engine import autocast, pick_device, to_channels_last, to_model_input
+from kdsearch.models.checkpoints import load_teacher
 from kdsearch.storage import is_uri
+from kdsearch.train.loop import autocast, pick_device, to_channels_last, to_model_input
 
 CACHE_VERSION = 1
 META = "meta.json"
@@ -142,8 +143,6 @@ class _Views(Dataset[tuple[torch.Tensor, int]]):
 
 def _build(cfg: SpaceConfig, data: DatasetSplits, teacher_path: Path | str, folder: Path,
            log: Log) -> None:
-    from kdsearch.trial import load_teacher
-
     start = time.monotonic()
     torch.set_num_threads(cfg.resources.teacher_cpus)  # as the teacher stage, reused or not
     device = pick_device(cfg.resources.gpus_per_trial)

@@ -10,7 +10,7 @@ directory, which the caller logs to the parent MLflow run:
   that works offline (plotly.js is inlined once).
 
 The plots are drawn from an in-memory Optuna study rebuilt from the records
-(``study_from_records``) with the states the searcher gives trials (kdsearch.searcher):
+(``study_from_records``) with the states the searcher gives trials (kdsearch.search.sampler):
 COMPLETE, PRUNED (stopped early by ASHA; per-epoch values kept) and FAIL. Nothing here raises
 on a small or odd search: a plot that cannot be drawn is not written, and the returned paths
 say which were.
@@ -37,7 +37,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, IntD
 from optuna.trial import FrozenTrial, TrialState
 
 from kdsearch.config import Search
-from kdsearch.searcher import fitted, optuna_space
+from kdsearch.search.space import fitted, optuna_space
+from kdsearch.track.schema import STATUS_ORDER, Status, ranked
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -45,9 +46,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Table order of the statuses; a status not listed sorts last.
-STATUSES = ("completed", "pruned", "interrupted", "running", "failed")
-_STATES = {"completed": TrialState.COMPLETE, "pruned": TrialState.PRUNED}
+#: Table order of the statuses (the one ranking's); a status not listed sorts last.
+STATUSES = tuple(s.value for s in STATUS_ORDER)
+_STATES = {Status.COMPLETED.value: TrialState.COMPLETE, Status.PRUNED.value: TrialState.PRUNED}
 #: Every file stem under plots/ this module may write (stale ones are removed).
 _PLOT_NAMES = ("optimization_history", "learning_curves", "parallel_coordinate",
                "param_importances", "alpha_temperature", "metric_vs_alpha",
@@ -148,16 +149,9 @@ def trials_table(records: Sequence[TrialRecord], search: Search) -> pa.Table:
 
 
 def _ranked(records: Sequence[TrialRecord], search: Search) -> list[TrialRecord]:
-    sign = -1.0 if search.mode == "max" else 1.0
-
-    def key(record: TrialRecord) -> tuple[int, int, bool, float]:
-        group = STATUSES.index(record.status) if record.status in STATUSES else len(STATUSES)
-        reached = 0 if record.status == "completed" else -record.epochs
-        value = final_value(record, search.metric)
-        unknown = value is None or math.isnan(value)
-        return group, reached, unknown, 0.0 if value is None or unknown else sign * value
-
-    return sorted(records, key=key)
+    return ranked(records, mode=search.mode, status=lambda r: r.status,
+                  value=lambda r: final_value(r, search.metric),
+                  trial_id=lambda r: r.trial_id, epochs=lambda r: r.epochs)
 
 
 def _param_column(dist: BaseDistribution) -> tuple[pa.DataType, Callable[[Any], Any]]:

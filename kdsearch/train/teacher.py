@@ -4,7 +4,7 @@ A fine-tuned teacher is saved under ``<storage>/teachers/<key>/`` where the key 
 teacher settings, the clip shape and the training data (paths, sizes, modification times);
 a later search with the same key reuses it instead of training again. ``storage`` may be a
 URI (``s3://...``): the teacher is then uploaded there, and each node that loads it copies
-it to local disk once (``kdsearch.trial.load_teacher``).
+it to local disk once (``kdsearch.models.checkpoints.load_teacher``).
 """
 
 from __future__ import annotations
@@ -23,19 +23,18 @@ import torch
 
 from kdsearch import storage
 from kdsearch.config import ConfigError, SpaceConfig
-from kdsearch.datasets import DatasetSplits, make_loaders
-from kdsearch.engine import (
-    build_model,
+from kdsearch.data.dataset import DatasetSplits, make_loaders
+from kdsearch.models import WeightsError, build_model, get_head
+from kdsearch.models.checkpoints import TEACHER_FILE, save_teacher
+from kdsearch.storage import is_uri
+from kdsearch.train.loop import (
     evaluate,
     make_optimizer,
     pick_device,
     to_channels_last,
-    train_one_epoch,
+    train_epochs,
 )
-from kdsearch.models import WeightsError, get_head
-from kdsearch.storage import is_uri
 
-TEACHER_FILE = "teacher.pt"
 META_FILE = "meta.json"
 
 
@@ -73,10 +72,8 @@ def prepare_teacher(cfg: SpaceConfig, data: DatasetSplits, log: Callable[[str], 
     metrics, state = _finetune(cfg, data, log)
     seconds = time.monotonic() - start
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{TEACHER_FILE}.{os.getpid()}.tmp"
-    torch.save({"model": cfg.teacher.model, "classes": list(data.classes), "state_dict": state},
-               tmp)
-    os.replace(tmp, folder / TEACHER_FILE)  # atomic: a half-written teacher is never reused
+    # Written atomically: a half-written teacher is never reused.
+    save_teacher(folder / TEACHER_FILE, cfg.teacher.model, data.classes, state)
     meta = {"model": cfg.teacher.model, "metrics": metrics, "seconds": seconds,
             "teacher": cfg.teacher.model_dump(), "classes": list(data.classes)}
     (folder / f".{META_FILE}.tmp").write_text(json.dumps(meta, indent=2))
@@ -100,8 +97,7 @@ def _prepare_remote(cfg: SpaceConfig, data: DatasetSplits, key: str,
     seconds = time.monotonic() - start
     with tempfile.TemporaryDirectory(prefix="kdsearch-teacher-") as tmp:
         local = Path(tmp) / TEACHER_FILE
-        torch.save({"model": cfg.teacher.model, "classes": list(data.classes),
-                    "state_dict": state}, local)
+        save_teacher(local, cfg.teacher.model, data.classes, state)
         storage.upload(local, teacher_uri)
     meta = {"model": cfg.teacher.model, "metrics": metrics, "seconds": seconds,
             "teacher": cfg.teacher.model_dump(), "classes": list(data.classes)}
@@ -131,16 +127,17 @@ def _finetune(cfg: SpaceConfig, data: DatasetSplits, log: Callable[[str], None]
     train_loader, val_loader = make_loaders(
         data.train, data.val, cfg.student.clip, t.batch_size, seed=cfg.search.seed,
         val_clips_per_video=cfg.student.val_clips_per_video, num_workers=cfg.data.num_workers)
-    metrics: dict[str, Any] = {}
-    for epoch in range(1, t.epochs + 1):
-        start = time.monotonic()
-        metrics = train_one_epoch(model, train_loader, optimizer, device,
-                                  bf16=cfg.student.bf16, channels_last=cfg.student.channels_last)
-        schedule.step()
-        metrics.update(evaluate(model, val_loader, device, data.classes, **speed))
+    clock = [time.monotonic()]
+
+    def done(epoch: int, lr: float, metrics: dict[str, Any]) -> None:
         log(f"teacher {t.model} epoch {epoch}/{t.epochs}: train_loss "
             f"{metrics['train_loss']:.3f} val_acc {metrics['val_acc']:.3f} "
-            f"({time.monotonic() - start:.0f}s)")
+            f"({time.monotonic() - clock[0]:.0f}s)")
+        clock[0] = time.monotonic()
+
+    metrics = train_epochs(model, optimizer, schedule, train_batches=lambda epoch: train_loader,
+                           val_batches=val_loader, device=device, classes=data.classes,
+                           epochs=t.epochs, on_epoch=done, **speed)
     if not metrics:
         metrics = evaluate(model, val_loader, device, data.classes, **speed)
     return metrics, {k: v.cpu() for k, v in model.state_dict().items()}

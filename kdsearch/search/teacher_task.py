@@ -10,10 +10,10 @@ from typing import Any
 import ray
 from ray.util.queue import Empty, Queue
 
-from kdsearch.cache import prepare_cache
 from kdsearch.config import ConfigError, SpaceConfig
-from kdsearch.datasets import DatasetSplits
-from kdsearch.teacher import TeacherResult, prepare_teacher
+from kdsearch.data.dataset import DatasetSplits
+from kdsearch.train.cache import prepare_cache
+from kdsearch.train.teacher import TeacherResult, prepare_teacher
 
 
 def _teacher_work(cfg: SpaceConfig, data: DatasetSplits, lines: Queue

@@ -1,12 +1,8 @@
-"""Optuna behind Ray Tune, told the truth about trials that ASHA stopped early.
+"""The space file's search space as Optuna sees it: distributions, the sampler, the
+define-by-run function of conditional settings, and earlier trials told to a sampler.
 
-Stock ``OptunaSearch.on_trial_complete`` tells Optuna COMPLETE whenever the last result holds
-the metric, so a trial stopped by ASHA after one epoch counts as a finished trial with a
-one-epoch value. TPE ranks COMPLETE trials by value alone, which makes it chase
-configurations that merely start fast. Here a trial that trained fewer than ``max_t`` epochs
-is PRUNED (its per-epoch values stay attached as intermediate values, and TPE ranks pruned
-trials by how far they got, then by value), one that errored is FAIL, and only trials that
-trained the full budget are COMPLETE.
+The one place where ``search.space`` maps onto Optuna. No Ray here: the report
+(:mod:`kdsearch.track.report`) rebuilds studies with it.
 """
 
 from __future__ import annotations
@@ -22,8 +18,6 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
-from optuna.trial import TrialState
-from ray.tune.search.optuna import OptunaSearch
 
 from kdsearch.config import Choice, IntRange, LogUniform, Search
 
@@ -123,81 +117,3 @@ def fitted(dist: BaseDistribution, value: Any) -> Any:
         return dist.to_external_repr(internal) if dist._contains(internal) else None
     except (ValueError, TypeError, OverflowError):
         return None
-
-
-class FidelityAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch that reports early-stopped trials as PRUNED and errors as FAIL."""
-
-    def __init__(self, *args: Any, max_t: int, time_attr: str = "epoch",
-                 warm: Sequence[optuna.trial.FrozenTrial] = (), **kwargs: Any) -> None:
-        self._warm = list(warm)  # read by _setup_study, which __init__ calls
-        super().__init__(*args, **kwargs)
-        self._max_t = max_t
-        self._time_attr = time_attr
-        self._reported: dict[str, set[int]] = {}
-
-    def _setup_study(self, mode: str | list) -> None:  # type: ignore[override]
-        super()._setup_study(mode)
-        for trial in self._warm:  # told once: a restored searcher brings its own study
-            self.study.add_trial(trial)
-        self._warm = []
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        self._report(trial_id, result)
-
-    def _report(self, trial_id: str, result: dict) -> None:
-        # Step = epoch (not Tune's training_iteration), so a resumed trial keeps its steps.
-        value, step = result.get(self.metric), result.get(self._time_attr)
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is None or value is None or step is None or not math.isfinite(value):
-            return
-        reported = self._reported.setdefault(trial_id, set())
-        if int(step) not in reported:
-            reported.add(int(step))
-            ot_trial.report(float(value), int(step))
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None,
-                          error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return
-        ot_trial = self._ot_trials[trial_id]
-        value = (result or {}).get(self.metric)
-        trained = (result or {}).get(self._time_attr, 0)
-        if not error and result:
-            # Tune does not pass the result that made the scheduler stop a trial to
-            # on_trial_result; record it here so a pruned trial keeps its last rung.
-            self._report(trial_id, result)
-        if error or value is None or not math.isfinite(value):
-            self.study.tell(ot_trial, None, state=TrialState.FAIL)
-        elif trained < self._max_t:
-            self.study.tell(ot_trial, None, state=TrialState.PRUNED)
-        else:
-            self.study.tell(ot_trial, value, state=TrialState.COMPLETE)
-        self._completed_trials.add(trial_id)
-
-    @property
-    def study(self) -> optuna.Study:
-        assert self._ot_study is not None, "the study exists once Tune set the searcher up"
-        return self._ot_study
-
-
-class StockFeedbackOptunaSearch(FidelityAwareOptunaSearch):
-    """Ray's own feedback: a trial a scheduler stopped reaches Optuna as COMPLETE with its
-    last value. Only for comparison (``search.fidelity_aware: false``)."""
-
-    on_trial_result = OptunaSearch.on_trial_result  # type: ignore[assignment]
-    on_trial_complete = OptunaSearch.on_trial_complete  # type: ignore[assignment]
-
-
-def make_searcher(search: Search, max_t: int,
-                  warm: Sequence[optuna.trial.FrozenTrial] = ()) -> FidelityAwareOptunaSearch:
-    kind = FidelityAwareOptunaSearch if search.fidelity_aware else StockFeedbackOptunaSearch
-    return kind(
-        space=DefineByRun(search),
-        metric=search.metric,
-        mode=search.mode,
-        sampler=make_sampler(search),  # seeded itself
-        max_t=max_t,
-        points_to_evaluate=[dict(p) for p in search.points_to_evaluate] or None,
-        warm=warm,
-    )

@@ -1,4 +1,4 @@
-"""The thin adapter between Ray Tune and :func:`kdsearch.trial.fit`.
+"""The thin adapter between Ray Tune and :func:`kdsearch.train.trial.fit`.
 
 This is the only module a trial process imports Ray through, so Ray's API churn stays here.
 """
@@ -13,7 +13,7 @@ import ray
 import torch
 from ray import tune
 
-from kdsearch.trial import TrialContext, fit
+from kdsearch.train.trial import TrialContext, fit
 
 
 def _report(metrics: dict[str, Any], checkpoint_dir: Path) -> None:

@@ -16,21 +16,16 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import mlflow
 import numpy as np
-import torch
 from mlflow.tracking import MlflowClient
 
 from kdsearch.config import SpaceConfig
-from kdsearch.engine import Normalized, build_model
-from kdsearch.report import TrialRecord, write_report
-from kdsearch.tracking import PARENT, ROLE
-from kdsearch.trial import CHECKPOINT_FILE
-
-if TYPE_CHECKING:
-    from kdsearch.search import TrialRow
+from kdsearch.models import Normalized
+from kdsearch.models.checkpoints import STUDENT_FILE, load_student
+from kdsearch.track.report import TrialRecord, write_report
+from kdsearch.track.schema import Status, TrialRow, best_row, trial_runs
 
 MODEL_NAME = "student"  # the logged model's name inside the best trial's run
 
@@ -40,7 +35,7 @@ def publish(client: MlflowClient, cfg: SpaceConfig, classes: tuple[str, ...],
             say: Callable[[str], None]) -> None:
     """Report, top-k checkpoints, registered best student. A step that fails is a warning:
     the trials' results are already safe in MLflow and in Tune's storage."""
-    best = next((r for r in rows if r.status == "completed" and r.run_id), None)
+    best = best_row([r for r in rows if r.run_id], cfg.search.mode)
     steps: list[tuple[str, Callable[[], None]]] = [
         ("the trials table and plots",
          lambda: log_report(client, cfg, experiment_id, parent_id, rows)),
@@ -61,9 +56,7 @@ def publish(client: MlflowClient, cfg: SpaceConfig, classes: tuple[str, ...],
 def trial_records(client: MlflowClient, cfg: SpaceConfig, experiment_id: str, parent_id: str,
                   rows: Sequence[TrialRow]) -> list[TrialRecord]:
     """Each trial as the report sees it: Tune's sampled values, MLflow's metrics."""
-    runs = {r.info.run_id: r for r in client.search_runs(
-        [experiment_id], f"tags.`{PARENT}` = '{parent_id}' and tags.`{ROLE}` = 'trial'",
-        max_results=50000)}
+    runs = {r.info.run_id: r for r in trial_runs(client, experiment_id, parent_id)}
     records = []
     for row in rows:
         run = runs.get(row.run_id or "")
@@ -86,23 +79,19 @@ def log_report(client: MlflowClient, cfg: SpaceConfig, experiment_id: str, paren
 
 def log_checkpoints(client: MlflowClient, cfg: SpaceConfig, rows: Sequence[TrialRow]) -> None:
     """The best ``tracking.top_k`` completed trials keep their last student checkpoint."""
-    top = [r for r in rows if r.status == "completed" and r.run_id and r.checkpoint]
+    top = [r for r in rows if r.status == Status.COMPLETED and r.run_id and r.checkpoint]
     for rank, row in enumerate(top[:cfg.tracking.top_k], start=1):
         assert row.run_id is not None and row.checkpoint is not None
         with row.checkpoint.as_directory() as folder:
-            client.log_artifact(row.run_id, str(Path(folder) / CHECKPOINT_FILE), "checkpoint")
+            client.log_artifact(row.run_id, str(Path(folder) / STUDENT_FILE), "checkpoint")
         client.set_tag(row.run_id, "kdsearch.rank", str(rank))
 
 
-def load_student(row: TrialRow, num_classes: int) -> Normalized:
+def trial_student(row: TrialRow, num_classes: int) -> Normalized:
     """The trial's student as its last checkpoint left it, on the CPU, in eval mode."""
     assert row.checkpoint is not None
     with row.checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu",
-                           weights_only=True)
-    student = build_model(state["settings"]["backbone"], num_classes, "none", "student")
-    student.load_state_dict(state["student"])
-    return student.eval()
+        return load_student(Path(folder), num_classes)
 
 
 def registered_name(cfg: SpaceConfig) -> str:
@@ -151,7 +140,7 @@ def register_best(client: MlflowClient, cfg: SpaceConfig, classes: tuple[str, ..
 def _log_student(best: TrialRow, cfg: SpaceConfig, classes: tuple[str, ...],
                  name: str) -> str:
     """``mlflow.pytorch.log_model`` into the best trial's run, registered as ``name``."""
-    student = load_student(best, len(classes))
+    student = trial_student(best, len(classes))
     clip = cfg.student.clip
     # A float clip in [0, 1], (batch, channels, frames, height, width); the model normalises.
     example = np.random.default_rng(0).random(

@@ -1,4 +1,4 @@
-"""The space file: typed, frozen models of everything a search needs.
+"""The space file's schema: typed, frozen models of everything a search needs.
 
 A space file is parsed once, completely, before Ray, MLflow or any data work starts.
 Every problem is reported as one line naming the dotted path, the value and the rule.
@@ -10,22 +10,17 @@ the driver: trials run in other working directories and only ever see absolute p
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-#: Training settings a search may sample. Each one also has a fixed value in ``student``.
-SEARCHABLE = ("alpha", "temperature", "lr", "backbone", "weight_decay", "momentum",
-              "batch_size", "optimizer")
-OPTIMIZERS = ("sgd", "adamw")
 PRETRAINED = ("none", "pretrained", "kinetics400", "imagenet")
 
 
@@ -125,31 +120,60 @@ class Teacher(_Model):
     lr: Annotated[float, Field(gt=0)] = 1e-3
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
     batch_size: Annotated[int, Field(ge=1)] = 8
-    # Decode and run the teacher once per view before the trials (kdsearch.cache).
+    # Decode and run the teacher once per view before the trials (kdsearch.train.cache).
     cache: bool = True
     cache_views: Annotated[int, Field(ge=1)] = 4
     # A path every node shares, or a pyarrow filesystem URI; None: <storage>/cache.
     cache_dir: str | None = None
 
 
+#: Marks a ``Student`` field that ``search.space`` may sample; its constraints bound the
+#: sampled values too (``kdsearch.config.checks``).
+_SEARCHABLE = {"searchable": True}
+
+
 class Student(_Model):
     """Training settings shared by every trial; searched ones are overridden per trial."""
 
-    backbone: str = "tiny3d"
+    alpha: Annotated[float, Field(ge=0, le=1, json_schema_extra=_SEARCHABLE)] = 0.5
+    temperature: Annotated[float, Field(gt=0, json_schema_extra=_SEARCHABLE)] = 4.0
+    lr: Annotated[float, Field(gt=0, json_schema_extra=_SEARCHABLE)] = 1e-3
+    backbone: Annotated[str, Field(json_schema_extra=_SEARCHABLE)] = "tiny3d"
+    weight_decay: Annotated[float, Field(ge=0, json_schema_extra=_SEARCHABLE)] = 1e-4
+    momentum: Annotated[float, Field(ge=0, le=1, json_schema_extra=_SEARCHABLE)] = 0.9
+    batch_size: Annotated[int, Field(ge=1, json_schema_extra=_SEARCHABLE)] = 8
+    optimizer: Annotated[Literal["sgd", "adamw"], Field(json_schema_extra=_SEARCHABLE)] = "adamw"
     weights: str = "none"
     epochs: Annotated[int, Field(ge=1)] = 10
-    batch_size: Annotated[int, Field(ge=1)] = 8
     clip: Clip = Clip()
-    optimizer: Literal["sgd", "adamw"] = "adamw"
-    lr: Annotated[float, Field(gt=0)] = 1e-3
-    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
-    momentum: Annotated[float, Field(ge=0, le=1)] = 0.9
-    alpha: Annotated[float, Field(ge=0, le=1)] = 0.5
-    temperature: Annotated[float, Field(gt=0)] = 4.0
     val_clips_per_video: Annotated[int, Field(ge=1)] = 1
     bf16: bool = True  # autocast on CUDA; ignored on the CPU
     channels_last: bool = True  # channels-last 3D memory format on CUDA; ignored on the CPU
 
+
+#: Training settings a search may sample, in the order they are declared in ``Student``. Each
+#: one also has a fixed value in ``student``.
+SEARCHABLE: tuple[str, ...] = tuple(
+    name for name, field in Student.model_fields.items()
+    if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("searchable"))
+
+
+def trial_student(student: Student, sampled: Mapping[str, Any]) -> Student:
+    """The student settings one trial trains with: ``student`` with the sampled values of
+    searchable settings put in (other keys are ignored), validated by the same constraints."""
+    values = {name: _plain(sampled[name]) for name in SEARCHABLE if name in sampled}
+    if "batch_size" in values and isinstance(values["batch_size"], float):
+        values["batch_size"] = int(values["batch_size"])
+    return Student.model_validate({**student.model_dump(), **values})
+
+
+def searched_values(student: Student) -> dict[str, Any]:
+    """The searchable settings of ``student`` as plain values, in declaration order."""
+    return {name: getattr(student, name) for name in SEARCHABLE}
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value  # numpy scalars
 
 #: ``when: {backbone: [x3d_xs, x3d_s]}``: sample this setting only when the searched
 #: choice ``backbone`` took one of those values; otherwise the student's fixed value holds.
@@ -240,9 +264,6 @@ class Search(_Model):
     # Configurations to train first (e.g. a paper's hand-picked alpha and temperature).
     points_to_evaluate: list[dict[str, str | int | float | bool]] = []
     warm_start: WarmStart | None = None
-    # false: Ray's stock OptunaSearch feedback (early-stopped trials count as COMPLETE),
-    # kept only to measure what the fidelity-aware feedback is worth.
-    fidelity_aware: bool = True
 
 
 class Resources(_Model):
@@ -274,144 +295,3 @@ class SpaceConfig(_Model):
     def tracking_uri(self) -> str:
         assert self.tracking.uri is not None, "resolve_paths() sets tracking.uri"
         return self.tracking.uri
-
-
-def _range_problems(name: str, dist: Uniform | LogUniform | IntRange) -> list[str]:
-    where = f"search.space.{name}"
-    problems = []
-    if not dist.low < dist.high:
-        problems.append(f"{where}.high: {dist.high} must be greater than low ({dist.low})")
-    if (isinstance(dist, LogUniform) or getattr(dist, "log", False)) and dist.low <= 0:
-        problems.append(f"{where}.low: {dist.low} must be > 0 for a log scale")
-    for end in ("low", "high"):
-        value = getattr(dist, end)
-        rule = _value_problem(name, value)
-        if rule:
-            problems.append(f"{where}.{end}: {value} {rule}")
-    return problems
-
-
-def _value_problem(name: str, value: Any) -> str | None:
-    """The rule ``value`` breaks as a fixed value of student setting ``name``, or None."""
-    if name == "backbone":
-        from kdsearch.models import list_models
-
-        if value not in list_models("student"):
-            return f"is not a registered student (valid: {', '.join(list_models('student'))})"
-        return None
-    if name == "optimizer":
-        return None if value in OPTIMIZERS else f"is not one of {', '.join(OPTIMIZERS)}"
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return "is not a finite number"
-    bounds = {"alpha": (0, 1), "momentum": (0, 1)}
-    if name in bounds and not bounds[name][0] <= value <= bounds[name][1]:
-        return f"is outside [{bounds[name][0]}, {bounds[name][1]}]"
-    if name in ("temperature", "lr") and value <= 0:
-        return "must be > 0"
-    if name == "weight_decay" and value < 0:
-        return "must be >= 0"
-    if name == "batch_size" and (value < 1 or value != int(value)):
-        return "must be an integer >= 1"
-    return None
-
-
-def search_space_problems(search: Search) -> list[str]:
-    problems = _value_problems(search)
-    problems += _condition_problems(search)
-    problems += _point_problems(search)
-    if search.sampler == "cmaes":
-        for name, dist in search.space.items():
-            if isinstance(dist, Choice) or dist.when:
-                what = "a choice" if isinstance(dist, Choice) else "conditional"
-                problems.append(f"search.space.{name}: is {what}; search.sampler 'cmaes' "
-                                "needs a continuous space (uniform, loguniform or int, "
-                                "unconditional): use 'tpe'")
-    return problems
-
-
-def _value_problems(search: Search) -> list[str]:
-    problems = []
-    for name, dist in search.space.items():
-        if name not in SEARCHABLE:
-            problems.append(f"search.space.{name}: unknown setting (searchable: "
-                            f"{', '.join(SEARCHABLE)})")
-        elif isinstance(dist, Choice):
-            for i, value in enumerate(dist.values):
-                rule = _value_problem(name, value)
-                if rule:
-                    problems.append(f"search.space.{name}.values[{i}]: {value!r} {rule}")
-        elif name in ("backbone", "optimizer"):
-            problems.append(f"search.space.{name}.type: {dist.type!r} must be 'choice' "
-                            "for a categorical setting")
-        else:
-            problems.extend(_range_problems(name, dist))
-    return problems
-
-
-def _condition_problems(search: Search) -> list[str]:
-    """A condition names a searched choice declared before it, and values of that choice."""
-    problems = []
-    names = list(search.space)
-    for position, (name, dist) in enumerate(search.space.items()):
-        for parent, values in (dist.when or {}).items():
-            where = f"search.space.{name}.when.{parent}"
-            other = search.space.get(parent)
-            if not isinstance(other, Choice) or parent not in names[:position]:
-                problems.append(f"{where}: must name a searched choice declared before "
-                                f"{name!r}")
-                continue
-            for value in values:
-                if value not in other.values:
-                    problems.append(f"{where}: {value!r} is not one of "
-                                    f"search.space.{parent}.values {other.values}")
-    return problems
-
-
-def _point_problems(search: Search) -> list[str]:
-    """Every point sets searched settings only, each inside its distribution."""
-    problems = []
-    for i, point in enumerate(search.points_to_evaluate):
-        for name, value in point.items():
-            where = f"search.points_to_evaluate[{i}].{name}"
-            dist = search.space.get(name)
-            if dist is None:
-                problems.append(f"{where}: not a searched setting (searched: "
-                                f"{', '.join(search.space) or 'none'})")
-            elif isinstance(dist, Choice):
-                if value not in dist.values:
-                    problems.append(f"{where}: {value!r} is not one of {dist.values}")
-            elif isinstance(value, bool) or not isinstance(value, int | float):
-                problems.append(f"{where}: {value!r} is not a number")
-            elif not dist.low <= value <= dist.high:
-                problems.append(f"{where}: {value} is outside [{dist.low}, {dist.high}]")
-    return problems
-
-
-def format_validation_error(err: ValidationError) -> list[str]:
-    """pydantic's errors as ``dotted.path: value rule`` lines."""
-    lines = []
-    for e in err.errors():
-        loc = ".".join(_loc_part(p) for p in e["loc"] if not _is_union_tag(p))
-        loc = loc.replace(".[", "[")
-        if e["type"] == "extra_forbidden":
-            lines.append(f"{loc}: unknown key")
-        elif e["type"] == "missing":
-            lines.append(f"{loc}: missing (required)")
-        else:
-            msg = e["msg"].removeprefix("Value error, ")
-            # A model validator's message starts with its field: "train_split: must ..."
-            if e["type"] == "value_error" and isinstance(e.get("input"), dict):
-                lines.append(f"{loc}.{msg}")
-            else:
-                lines.append(f"{loc}: {e.get('input')!r} {msg[0].lower()}{msg[1:]}")
-    return lines
-
-
-def _loc_part(part: int | str) -> str:
-    return f"[{part}]" if isinstance(part, int) else str(part)
-
-
-def _is_union_tag(part: int | str) -> bool:
-    return part in ("uniform", "loguniform", "int", "choice", "asha", "hyperband", "median",
-                    "none", "str", "int",
-                    "float", "bool") and not isinstance(part, int)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import Any, TextIO
 
 from ray.tune import Callback
 
-from kdsearch.tracking import error_message
+from kdsearch.track.schema import Status, error_message, ranked, status_of
 
 
 class Progress(Callback):
@@ -23,7 +24,8 @@ class Progress(Callback):
         self.start = time.monotonic()
         self.last_draw = 0.0
         self.counts = {"completed": 0, "pruned": 0, "failed": 0}
-        self.best: tuple[float, str] | None = None
+        self.last: dict[str, float] = {}  # trial id -> value at its latest epoch
+        self.ended: dict[str, str] = {}  # trial id -> status, once it ended
         self.running = 0
 
     def __getstate__(self) -> dict[str, Any]:
@@ -37,11 +39,12 @@ class Progress(Callback):
     def line(self) -> str:
         elapsed = int(time.monotonic() - self.start)
         c = self.counts
-        best = (f"best {self.metric} {self.best[0]:.3f} ({self.best[1]})" if self.best
-                else f"best {self.metric} -")
+        best = self.best()
+        best_text = (f"best completed {self.metric} {best[1]:.3f} ({best[0]})" if best
+                     else f"best completed {self.metric} -")
         return (f"[{elapsed // 60:02d}:{elapsed % 60:02d}] trials {sum(c.values())}/{self.total}"
                 f" done: {self.running} running, {c['completed']} completed, {c['pruned']} "
-                f"pruned, {c['failed']} failed | {best}")
+                f"pruned, {c['failed']} failed | {best_text}")
 
     def draw(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -66,21 +69,33 @@ class Progress(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
         value = result.get(self.metric)
-        if value is None:
-            return
-        better = self.best is None or (value > self.best[0] if self.mode == "max"
-                                       else value < self.best[0])
-        if better:
-            self.best = (float(value), trial.trial_id)
+        if value is not None:
+            self.last[trial.trial_id] = float(value)
+
+    def best(self) -> tuple[str, float] | None:
+        """(trial id, value) of the best completed trial, by the one ranking of trials
+        (kdsearch.track.schema.ranked): the value at its last epoch."""
+        done = [t for t, status in self.ended.items()
+                if status == Status.COMPLETED and t in self.last]
+        top = ranked(done, mode=self.mode, status=lambda t: Status.COMPLETED,
+                     value=lambda t: self.last[t], trial_id=lambda t: t)
+        if not top or not math.isfinite(self.last[top[0]]):
+            return None
+        return top[0], self.last[top[0]]
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running = sum(t.status == "RUNNING" and t is not trial for t in trials)
-        epochs = int((trial.last_result or {}).get("epoch", 0))
-        self.counts["completed" if epochs >= self.max_t else "pruned"] += 1
+        last = trial.last_result or {}
+        if last.get(self.metric) is not None:
+            self.last[trial.trial_id] = float(last[self.metric])
+        status = status_of(int(last.get("epoch", 0)), self.max_t)
+        self.ended[trial.trial_id] = status.value
+        self.counts[status.value] += 1
         self.draw(force=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.counts["failed"] += 1
+        self.ended[trial.trial_id] = Status.FAILED.value
         self.running = sum(t.status == "RUNNING" and t is not trial for t in trials)
         self.say(f"trial {trial.trial_id} failed: {error_message(trial)}")
 

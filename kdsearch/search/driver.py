@@ -1,0 +1,209 @@
+"""The driver of a search: data, Ray, the teacher stage, the trials through Tune, and the MLflow
+records, in that order (:func:`run_search`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import ray
+from mlflow.tracking import MlflowClient
+from optuna.trial import FrozenTrial
+from ray import tune
+
+from kdsearch.config import ConfigError, SpaceConfig
+from kdsearch.data.dataset import load_dataset, prepare_data
+from kdsearch.search.progress import Progress
+from kdsearch.search.resume import (
+    SearchRecord,
+    mark_finished,
+    new_search_name,
+    search_to_resume,
+    searches_root,
+    unfinished_searches,
+    write_record,
+)
+from kdsearch.search.space import warm_trials
+from kdsearch.search.teacher_task import teacher_and_cache
+from kdsearch.search.tuner import make_tuner
+from kdsearch.storage import join, local_dir, redact
+from kdsearch.track.callback import MLflowTrials
+from kdsearch.track.publish import publish
+from kdsearch.track.runs import (
+    close_open_runs,
+    completed_trials,
+    fail_parent,
+    finish_parent,
+    record_teacher,
+    redacted_config,
+    reopen_parent,
+    start_parent,
+    trial_statuses,
+)
+from kdsearch.track.schema import Status, TrialRow, best_row, rank_rows
+from kdsearch.train.trial import TrialContext
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchOutcome:
+    experiment_id: str
+    parent_run_id: str
+    rows: list[TrialRow]  # best first
+    best: TrialRow | None
+    teacher_metrics: dict[str, float]
+    seconds: float
+    interrupted: bool  # stopped (Ctrl-C) before every trial finished
+
+
+def init_ray(cfg: SpaceConfig, address: str | None, say: Any = print) -> SpaceConfig:
+    """Join the cluster at ``address``/RAY_ADDRESS, else start a local Ray on loopback.
+
+    Returns the configuration trials run with: GPUs asked of a cluster without any are an
+    error, or with ``resources.allow_cpu`` a warning and CPU trials.
+    """
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # The legacy reporter honours verbose=0; kdsearch draws its own progress line.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Snapshots after every checkpoint are what a resume relies on (see _checkpointing).
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False,
+                              "configure_logging": True}
+    address = address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():  # a caller (a notebook, a test) already connected
+        pass
+    elif address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(include_dashboard=False, dashboard_host="127.0.0.1", **kwargs)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    wanted = cfg.resources.gpus_per_trial
+    if wanted > 0 and gpus == 0 and (most := _autoscaler_max_gpus()):
+        say(f"no GPU node is up yet; the autoscaler can add up to {most:g} GPUs and trials "
+            "wait for them")
+        return cfg
+    if wanted > 0 and gpus == 0:
+        if not cfg.resources.allow_cpu:
+            raise ConfigError([f"resources.gpus_per_trial: {wanted} asks for GPUs but the Ray "
+                               "cluster has none; set it to 0, or resources.allow_cpu: true "
+                               "to train on CPUs"])
+        say(f"warning: resources.gpus_per_trial is {wanted} but the Ray cluster has no GPU; "
+            "trials run on CPUs (resources.allow_cpu)")
+        return cfg.model_copy(update={"resources": cfg.resources.model_copy(
+            update={"gpus_per_trial": 0})})
+    return cfg
+
+
+def _autoscaler_max_gpus() -> float:
+    """GPUs the cluster's autoscaler may add (GPU worker groups scaled to zero), 0 when
+    unknown. Ray has no public API for this; its private one may move between releases."""
+    try:
+        from ray._private.state import state
+
+        most = state.get_max_resources_from_cluster_config() or {}
+    except Exception:  # noqa: BLE001 - any failure means "unknown", never a crash
+        return 0.0
+    return float(most.get("GPU", 0))
+
+
+def _rows(results: tune.ResultGrid, runs: dict[str, tuple[str, str]], cfg: SpaceConfig
+          ) -> list[TrialRow]:
+    """Every trial Tune knows of, joined with its MLflow run's status, best first."""
+    rows = []
+    for result in (results[i] for i in range(len(results))):
+        metrics = result.metrics or {}
+        trial_id = str(metrics.get("trial_id") or Path(result.path).name)
+        epochs = int(metrics.get("epoch", 0))
+        run_id, status = runs.get(trial_id, (None, Status.INTERRUPTED.value))
+        rows.append(TrialRow(trial_id, run_id, status, epochs,
+                             metrics.get(cfg.search.metric), dict(result.config or {}),
+                             result.checkpoint))
+    return rank_rows(rows, cfg.search.mode)
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
+               say: Any = None, resume: str | None = None) -> SearchOutcome:
+    """Run a search; ``resume`` ("latest" or a search's name) continues an unfinished one."""
+    say = say or _say
+    start = time.monotonic()
+    prior = search_to_resume(cfg, resume) if resume else None
+    if prior is None:
+        _mention_unfinished(cfg, say)
+    prepare_data(cfg.data)
+    data = load_dataset(cfg.data, cfg.student.clip, local_dir(cfg.storage, "indexes"), log=say)
+    as_given = cfg.model_dump(mode="json")  # what --resume compares its space file with
+    cfg = init_ray(cfg, address, say)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no table-migration chatter
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    client = MlflowClient(cfg.tracking_uri)
+    warm = _warm_start(client, cfg, say) if prior is None else []
+    if prior is None:
+        experiment_id, parent_id = start_parent(client, cfg, space_path)
+        record = SearchRecord(new_search_name(cfg), cfg.experiment.name, experiment_id,
+                              parent_id, time.time(), False, as_given)
+    else:
+        record = prior
+        experiment_id, parent_id = prior.experiment_id, prior.parent_run_id
+        reopen_parent(client, parent_id)
+        say(f"resuming search {prior.name} (started {prior.when}, MLflow run {parent_id})")
+    try:
+        teacher, cache = teacher_and_cache(cfg, data, say)
+        if prior is None:  # a resumed search recorded its teacher when it started
+            record_teacher(client, cfg, data, teacher, experiment_id, parent_id)
+        client.set_tag(parent_id, "kdsearch.cache", redact(cache) if cache else "off")
+        ctx = TrialContext(cfg, data.classes, str(teacher.path), data.train, data.val,
+                           None if cache is None else str(cache))
+        callbacks = [MLflowTrials(client, experiment_id, parent_id, cfg, data.classes,
+                                  redacted_config(cfg)),
+                     Progress(cfg.search.metric, cfg.search.mode, cfg.student.epochs,
+                              cfg.search.num_samples)]
+        write_record(cfg, record)
+        say(f"search: {cfg.search.num_samples} trials, {cfg.search.max_concurrent} at a time "
+            f"({redact(join(searches_root(cfg), record.name))})")
+        results = make_tuner(cfg, ctx, record.name, callbacks, resume=prior is not None,
+                         warm=warm).fit()
+        close_open_runs(client, experiment_id, parent_id)
+        rows = _rows(results, trial_statuses(client, experiment_id, parent_id), cfg)
+        best = best_row(rows, cfg.search.mode)
+        interrupted = (sum(r.status != Status.INTERRUPTED for r in rows)
+                       < cfg.search.num_samples)
+        if not interrupted:
+            publish(client, cfg, data.classes, experiment_id, parent_id, rows, say)
+        finish_parent(client, parent_id, cfg, best, interrupted)
+        if not interrupted:
+            mark_finished(cfg, record)
+    except BaseException as err:
+        fail_parent(client, parent_id, isinstance(err, KeyboardInterrupt))
+        raise
+    return SearchOutcome(experiment_id, parent_id, rows, best, teacher.metrics,
+                         time.monotonic() - start, interrupted)
+
+
+def _warm_start(client: MlflowClient, cfg: SpaceConfig, say: Any) -> list[FrozenTrial]:
+    """The completed trials of ``search.warm_start.experiment``, for the sampler."""
+    warm = cfg.search.warm_start
+    if warm is None or not cfg.search.space:
+        return []
+    source = client if warm.tracking_uri is None else MlflowClient(warm.tracking_uri)
+    trials = warm_trials(cfg.search, completed_trials(source, warm.experiment,
+                                                      cfg.search.metric))
+    say(f"warm start: {len(trials)} completed trials of experiment {warm.experiment!r} told "
+        "to the sampler")
+    return trials
+
+
+def _mention_unfinished(cfg: SpaceConfig, say: Any) -> None:
+    unfinished = unfinished_searches(cfg)
+    if unfinished:
+        latest = unfinished[0]
+        say(f"note: search {latest.name} of this experiment (started {latest.when}) did not "
+            "finish; this is a new search. To continue that one instead: python -m "
+            "kdsearch.run SPACE.yaml --resume")

@@ -1,0 +1,219 @@
+"""The runs of a search in MLflow: the parent run's life (created, the teacher and data
+recorded, finished), the trial runs' queries, and the helpers every writer uses.
+
+Every write happens on the driver through ``MlflowClient`` (explicit run ids, no global
+active run), so trials never need to reach the tracking store and nothing is logged twice.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from kdsearch.config import ConfigError, SpaceConfig
+from kdsearch.storage import redact
+from kdsearch.track.schema import (
+    BEST_RUN,
+    PARENT,
+    RESOLVED_SPACE,
+    ROLE,
+    STATUS,
+    TRIAL_ID,
+    Status,
+    TrialRow,
+    trial_runs,
+)
+
+if TYPE_CHECKING:
+    from kdsearch.data.dataset import DatasetSplits
+    from kdsearch.train.teacher import TeacherResult
+
+CONFUSION = "val_confusion"
+FINAL_METRICS = ("val_acc", "val_video_acc", "val_vote_acc", "val_macro_f1", "val_loss")
+
+
+def fixed_params(cfg: SpaceConfig, classes: tuple[str, ...]) -> dict[str, Any]:
+    """The settings every trial shares that a reader needs to compare runs."""
+    clip = cfg.student.clip
+    return {"teacher": cfg.teacher.model, "teacher_weights": cfg.teacher.weights,
+            "data_format": cfg.data.format, "data_root": redact(cfg.data.root),
+            "num_classes": len(classes), "classes": ",".join(classes),
+            "epochs": cfg.student.epochs, "clip_frames": clip.num_frames,
+            "clip_stride": clip.stride, "crop_size": clip.crop_size}
+
+
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+        client.log_batch(run_id, params=items[i:i + 100])
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, Any],
+                step: int = 0) -> None:
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
+             if isinstance(v, int | float) and math.isfinite(float(v))]
+    if batch:
+        client.log_batch(run_id, metrics=batch)
+
+
+def is_metric(key: str) -> bool:
+    return key.startswith(("val_", "train_")) or key == "lr"
+
+
+def log_evaluation(client: MlflowClient, run_id: str, metrics: Mapping[str, Any],
+                   classes: Sequence[str], step: int = 0) -> None:
+    """Scalar metrics, and the confusion matrix as numbers and as an image."""
+    log_metrics(client, run_id, {k: v for k, v in metrics.items() if is_metric(k)}, step)
+    confusion = metrics.get(CONFUSION)
+    if confusion is not None:
+        log_confusion(client, run_id, confusion, classes)
+
+
+def log_confusion(client: MlflowClient, run_id: str, confusion: Sequence[Sequence[int]],
+                  classes: Sequence[str]) -> None:
+    from kdsearch.train.metrics import confusion_figure  # matplotlib: loaded when drawn
+
+    client.log_dict(run_id, {"classes": list(classes), "rows": "true class",
+                             "columns": "predicted class",
+                             "matrix": [list(map(int, row)) for row in confusion]},
+                    "confusion_matrix.json")
+    # A bare Figure (no pyplot): nothing global keeps it alive after this call.
+    figure = confusion_figure(confusion, classes, title="validation, per video")
+    client.log_figure(run_id, figure, "confusion_matrix.png")
+
+
+def log_data(client: MlflowClient, run_id: str, data: DatasetSplits) -> None:
+    """What the search trained on, and every video it left out or used with care."""
+    skipped = sum(issue.action == "skipped" for issue in data.issues)
+    log_metrics(client, run_id, {"data_train_videos": len(data.train),
+                                 "data_val_videos": len(data.val), "data_skipped": skipped})
+    client.set_tag(run_id, "kdsearch.data_fingerprint", data.fingerprint)
+    if data.issues:
+        client.log_table(run_id, data=data.issue_table(), artifact_file="data_issues.json")
+
+
+def start_child(client: MlflowClient, experiment_id: str, parent_id: str, name: str,
+                tags: Mapping[str, str]) -> str:
+    run = client.create_run(experiment_id, run_name=name, tags={PARENT: parent_id, **tags})
+    return run.info.run_id
+
+
+def redacted_config(cfg: SpaceConfig) -> dict[str, Any]:
+    """The resolved space file with credentials stripped from every location."""
+    raw = cfg.model_dump()
+    raw["storage"] = redact(raw["storage"])
+    raw["data"]["root"] = redact(raw["data"]["root"])
+    if raw["teacher"].get("cache_dir"):
+        raw["teacher"]["cache_dir"] = redact(raw["teacher"]["cache_dir"])
+    return dict(raw)
+
+
+def start_parent(client: MlflowClient, cfg: SpaceConfig, space_path: Path) -> tuple[str, str]:
+    """The experiment (created on first use) and a new parent run for a search."""
+    experiment = client.get_experiment_by_name(cfg.experiment.name)
+    # The "Model training" view of the MLflow UI (it shows new experiments as GenAI ones).
+    experiment_id = (experiment.experiment_id if experiment
+                     else client.create_experiment(
+                         cfg.experiment.name, artifact_location=_artifact_root(cfg),
+                         tags={"mlflow.experimentKind": "custom_model_development"}))
+    run = client.create_run(experiment_id, run_name=f"search-{time.strftime('%Y%m%d-%H%M%S')}",
+                            tags={ROLE: "search", STATUS: Status.RUNNING.value})
+    run_id = run.info.run_id
+    client.log_artifact(run_id, str(space_path))
+    client.log_text(run_id, yaml.safe_dump(redacted_config(cfg), sort_keys=False),
+                    RESOLVED_SPACE)
+    log_params(client, run_id, {"num_samples": cfg.search.num_samples,
+                                "sampler": cfg.search.sampler,
+                                "scheduler": cfg.search.scheduler.name,
+                                "metric": cfg.search.metric, "mode": cfg.search.mode,
+                                "searched": ",".join(cfg.search.space)})
+    return experiment_id, run_id
+
+
+def _artifact_root(cfg: SpaceConfig) -> str | None:
+    """Beside a SQLite store, artifacts go to ``mlartifacts/`` next to the database file
+    (MLflow's default is ``./mlruns`` under whatever directory the process runs in)."""
+    uri = cfg.tracking_uri
+    if not uri.startswith("sqlite:///"):
+        return None  # a tracking server chooses its own artifact store
+    db = Path(uri.removeprefix("sqlite:///"))
+    return (db.parent / "mlartifacts" / cfg.experiment.name).as_uri()
+
+
+def completed_trials(client: MlflowClient, experiment: str, metric: str
+                     ) -> list[tuple[dict[str, str], float]]:
+    """(params, final ``metric``) of every completed trial run in ``experiment``."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise ConfigError([f"search.warm_start.experiment: {experiment!r} is not an "
+                           f"experiment of {redact(client.tracking_uri)}"])
+    runs = trial_runs(client, found.experiment_id, status=Status.COMPLETED)
+    return [(dict(r.data.params), float(r.data.metrics[metric])) for r in runs
+            if metric in r.data.metrics]
+
+
+def trial_statuses(client: MlflowClient, experiment_id: str, parent_id: str
+                   ) -> dict[str, tuple[str, str]]:
+    """trial id -> (run id, kdsearch.status) of every trial run of a search, from MLflow."""
+    return {r.data.tags[TRIAL_ID]: (r.info.run_id, r.data.tags.get(STATUS, ""))
+            for r in trial_runs(client, experiment_id, parent_id)}
+
+
+def close_open_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> None:
+    """Mark trials that never finished (the search was stopped) ``interrupted``, so no run
+    stays RUNNING forever in the UI."""
+    for run_id, status in trial_statuses(client, experiment_id, parent_id).values():
+        if status == Status.RUNNING:
+            client.set_tag(run_id, STATUS, Status.INTERRUPTED.value)
+            client.set_terminated(run_id, "KILLED")
+
+
+def record_teacher(client: MlflowClient, cfg: SpaceConfig, data: DatasetSplits,
+                   teacher: TeacherResult, experiment_id: str, parent_id: str) -> None:
+    """The data counts on the parent run, and the teacher as a run of its own."""
+    log_data(client, parent_id, data)
+    teacher_run = start_child(client, experiment_id, parent_id, f"teacher-{cfg.teacher.model}",
+                              {ROLE: "teacher", "kdsearch.teacher.reused": str(teacher.reused),
+                               "kdsearch.teacher.path": redact(teacher.path)})
+    log_params(client, teacher_run, {**cfg.teacher.model_dump(),
+                                     **fixed_params(cfg, data.classes)})
+    log_evaluation(client, teacher_run, teacher.metrics, data.classes)
+    client.set_terminated(teacher_run)
+    log_metrics(client, parent_id, {f"teacher_{k}": v for k, v in teacher.metrics.items()
+                                    if k.startswith("val")})
+
+
+def finish_parent(client: MlflowClient, parent_id: str, cfg: SpaceConfig,
+                  best: TrialRow | None, interrupted: bool) -> None:
+    if best is not None and best.run_id:
+        client.set_tag(parent_id, BEST_RUN, best.run_id)
+    if interrupted:
+        # Params are write-once in MLflow: the best.* params wait for the resumed search.
+        client.set_tag(parent_id, STATUS, Status.INTERRUPTED.value)
+        client.set_terminated(parent_id, "KILLED")
+        return
+    if best is not None:
+        log_params(client, parent_id, {f"best.{k}": v for k, v in best.config.items()})
+        if best.value is not None:
+            log_metrics(client, parent_id, {f"best_{cfg.search.metric}": best.value})
+    client.set_tag(parent_id, STATUS, (Status.COMPLETED if best else Status.FAILED).value)
+    client.set_terminated(parent_id, "FINISHED" if best else "FAILED")
+
+
+def fail_parent(client: MlflowClient, parent_id: str, interrupted: bool) -> None:
+    """The search stopped by an exception (``interrupted``: Ctrl-C)."""
+    client.set_tag(parent_id, STATUS, (Status.INTERRUPTED if interrupted else Status.FAILED).value)
+    client.set_terminated(parent_id, "KILLED" if interrupted else "FAILED")
+
+
+def reopen_parent(client: MlflowClient, parent_id: str) -> None:
+    client.update_run(parent_id, status="RUNNING")
+    client.set_tag(parent_id, STATUS, Status.RUNNING.value)

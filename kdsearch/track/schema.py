@@ -1,0 +1,155 @@
+"""The MLflow schema of a search, and the one ranking of its trials.
+
+Everything that names what a search records lives here, so that the writer
+(:mod:`~kdsearch.track.callback`, :mod:`~kdsearch.track.runs`) and the readers
+(:mod:`kdsearch.best`, :mod:`~kdsearch.track.publish`, the warm start) cannot disagree: the tag
+and artifact names, the trial statuses, the queries that find a search's trials, and the order
+"best first" used by the progress line, the results table, the report, the registered model and
+``kdsearch.best``. Imports neither torch, Ray nor MLflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import numbers
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+# Tags and artifacts of a search's runs.
+ROLE = "kdsearch.role"  # "search" (the parent run), "teacher" or "trial"
+STATUS = "kdsearch.status"  # a Status value
+PARENT = "mlflow.parentRunId"
+TRIAL_ID = "kdsearch.trial_id"
+EPOCHS_RUN = "kdsearch.epochs_run"
+BEST_RUN = "kdsearch.best_run_id"
+ERROR = "kdsearch.error"
+TRIAL_SPACE = "trial_space.yaml"  # a trial's own space file: trains exactly that trial
+RESOLVED_SPACE = "resolved_space.yaml"  # the search's space file, paths resolved
+#: MLflow returns at most this many runs per query; a search has far fewer trials.
+MAX_RESULTS = 50000
+
+
+class Status(str, enum.Enum):
+    """What became of a trial (the ``kdsearch.status`` tag; the parent run uses the same words
+    for the search)."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"  # trained every one of ``student.epochs`` epochs
+    PRUNED = "pruned"  # stopped early by the scheduler
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # the search stopped before the trial ended
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def status_of(epochs_run: int, epochs: int) -> Status:
+    """A trial that ended without error: completed when it trained the whole budget."""
+    return Status.COMPLETED if epochs_run >= epochs else Status.PRUNED
+
+
+#: Ranking order of the statuses; a status not listed sorts last.
+STATUS_ORDER = (Status.COMPLETED, Status.PRUNED, Status.INTERRUPTED, Status.RUNNING,
+                Status.FAILED)
+
+
+def trial_query(parent_id: str | None = None, *, status: Status | None = None,
+                trial_id: str | None = None) -> str:
+    """The MLflow filter for the trial runs of search ``parent_id`` (any search when None)."""
+    parts = [f"tags.`{ROLE}` = 'trial'"]
+    if parent_id is not None:
+        parts.insert(0, f"tags.`{PARENT}` = '{parent_id}'")
+    if status is not None:
+        parts.append(f"tags.`{STATUS}` = '{status.value}'")
+    if trial_id is not None:
+        parts.append(f"tags.`{TRIAL_ID}` = '{trial_id}'")
+    return " and ".join(parts)
+
+
+def trial_runs(client: Any, experiment_id: str, parent_id: str | None = None, *,
+               status: Status | None = None, trial_id: str | None = None,
+               max_results: int = MAX_RESULTS) -> list[Any]:
+    """The trial runs (MLflow ``Run`` objects) of a search, or of every search."""
+    return list(client.search_runs([experiment_id], trial_query(
+        parent_id, status=status, trial_id=trial_id), max_results=max_results))
+
+
+def finite(value: Any) -> float | None:
+    """``value`` as a float when it is a finite real number, else None (missing, NaN, text)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+T = TypeVar("T")
+
+
+def ranked(items: Sequence[T], *, mode: str, status: Callable[[T], Any],
+           value: Callable[[T], Any], trial_id: Callable[[T], str],
+           epochs: Callable[[T], int] = lambda item: 0) -> list[T]:
+    """``items`` best first: the one ranking of trials everywhere.
+
+    By status (``STATUS_ORDER``); completed trials by ``value`` (the metric at their last
+    epoch) in the direction of ``mode``; other trials by how far they got (``epochs``), then by
+    value; a missing, NaN or infinite value after every finite one of its group; ties broken by
+    trial id, so that every view names the same order.
+    """
+    sign = -1.0 if mode == "max" else 1.0
+    order = [s.value for s in STATUS_ORDER]
+
+    def key(item: T) -> tuple[int, int, bool, float, str]:
+        state = str(status(item))
+        group = order.index(state) if state in order else len(order)
+        reached = 0 if state == Status.COMPLETED.value else -int(epochs(item))
+        number = finite(value(item))
+        return (group, reached, number is None, 0.0 if number is None else sign * number,
+                str(trial_id(item)))
+
+    return sorted(items, key=key)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialRow:
+    """One trial at the end of a search: Tune's view (sampled values, last checkpoint) joined
+    with its MLflow run."""
+
+    trial_id: str
+    run_id: str | None
+    status: str
+    epochs: int
+    value: float | None  # search.metric at the last epoch
+    config: dict[str, Any]
+    checkpoint: Any = None  # ray.tune.Checkpoint of the last epoch: it scored ``value``
+
+
+def rank_rows(rows: Sequence[TrialRow], mode: str) -> list[TrialRow]:
+    return ranked(rows, mode=mode, status=lambda r: r.status, value=lambda r: r.value,
+                  trial_id=lambda r: r.trial_id, epochs=lambda r: r.epochs)
+
+
+def best_row(rows: Sequence[TrialRow], mode: str) -> TrialRow | None:
+    """The best completed trial with a finite value, or None."""
+    return next((r for r in rank_rows(rows, mode)
+                 if r.status == Status.COMPLETED and finite(r.value) is not None), None)
+
+
+def error_message(trial: Any) -> str:
+    """A failed Tune trial's exception as one line ("NonFiniteLossError: ..."), or where to
+    look; recorded as the ``kdsearch.error`` tag and printed by the progress line."""
+    text = ""
+    if trial.error_file and Path(trial.error_file).is_file():
+        text = Path(trial.error_file).read_text(errors="replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        match = _EXCEPTION_LINE.match(line)
+        if match:
+            return f"{match.group(1).rsplit('.', 1)[-1]}: {match.group(2)}"
+    return lines[-1] if lines else f"see {trial.error_file or 'the Ray trial log'}"
+
+
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)):\s*(.*)$")
