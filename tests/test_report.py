@@ -163,7 +163,8 @@ def test_nan_and_missing_values_fail_the_trial_without_raising() -> None:
     table = trials_table(records, search)
     # NaN and missing rank alike, after every finite value; their tie goes by trial id.
     assert table.column("trial_id").to_pylist() == ["ok", "empty", "nan", "odd"]
-    assert math.isnan(table.column("val_acc")[1].as_py())
+    assert table.column("val_acc")[1].as_py() is None  # "empty": no value at all
+    assert math.isnan(table.column("val_acc")[2].as_py())  # "nan": its last epoch's NaN
 
 
 def test_write_report_writes_every_file(report: tuple[Path, list[Path]]) -> None:
