@@ -9,8 +9,15 @@ from pathlib import Path
 
 import yaml
 
-from kdsearch.config import Choice, ConfigError, IntRange, LogUniform, SpaceConfig
-from kdsearch.config.load import load_space
+from kdsearch.config import (
+    SEARCHABLE,
+    Choice,
+    ConfigError,
+    IntRange,
+    LogUniform,
+    SpaceConfig,
+    load_space,
+)
 
 EXIT_BAD_INPUT = 2
 
@@ -45,7 +52,7 @@ def describe_space(cfg: SpaceConfig) -> str:
             lines.append(f"  {name:<14} {kind} [{d.low:g}, {d.high:g}]")
         for parent, values in (d.when or {}).items():
             lines[-1] += f"  when {parent} in {values}"
-    fixed = [n for n in ("backbone", "alpha", "temperature", "lr") if n not in cfg.search.space]
+    fixed = [n for n in SEARCHABLE if n not in cfg.search.space]
     for name in fixed:
         lines.append(f"  {name:<14} fixed {getattr(cfg.student, name)}")
     return "\n".join(lines)

@@ -21,7 +21,7 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from kdsearch.config import SpaceConfig
+from kdsearch.config import SpaceConfig, searched_values, trial_student
 from kdsearch.models import Normalized
 from kdsearch.models.checkpoints import STUDENT_FILE, load_student
 from kdsearch.track.report import TrialRecord, write_report
@@ -87,7 +87,7 @@ def log_checkpoints(client: MlflowClient, cfg: SpaceConfig, rows: Sequence[Trial
         client.set_tag(row.run_id, "kdsearch.rank", str(rank))
 
 
-def trial_student(row: TrialRow, num_classes: int) -> Normalized:
+def checkpoint_student(row: TrialRow, num_classes: int) -> Normalized:
     """The trial's student as its last checkpoint left it, on the CPU, in eval mode."""
     assert row.checkpoint is not None
     with row.checkpoint.as_directory() as folder:
@@ -125,11 +125,9 @@ def register_best(client: MlflowClient, cfg: SpaceConfig, classes: tuple[str, ..
                 version = _log_student(best, cfg, classes, name)
     client.set_terminated(run_id, "FINISHED", end_time=ended)
     value = "-" if best.value is None else f"{best.value:.4f}"
-    tags = {"val_metric": cfg.search.metric, "value": value,
-            "teacher": cfg.teacher.model, "backbone": str(best.config.get(
-                "backbone", cfg.student.backbone)),
-            "alpha": str(best.config.get("alpha", cfg.student.alpha)),
-            "temperature": str(best.config.get("temperature", cfg.student.temperature)),
+    settings = searched_values(trial_student(cfg.student, best.config))
+    tags = {"val_metric": cfg.search.metric, "value": value, "teacher": cfg.teacher.model,
+            **{key: str(setting) for key, setting in settings.items()},
             "trial_id": best.trial_id, "experiment": cfg.experiment.name}
     for key, text in tags.items():
         client.set_model_version_tag(name, version, key, text)
@@ -140,7 +138,7 @@ def register_best(client: MlflowClient, cfg: SpaceConfig, classes: tuple[str, ..
 def _log_student(best: TrialRow, cfg: SpaceConfig, classes: tuple[str, ...],
                  name: str) -> str:
     """``mlflow.pytorch.log_model`` into the best trial's run, registered as ``name``."""
-    student = trial_student(best, len(classes))
+    student = checkpoint_student(best, len(classes))
     clip = cfg.student.clip
     # A float clip in [0, 1], (batch, channels, frames, height, width); the model normalises.
     example = np.random.default_rng(0).random(
