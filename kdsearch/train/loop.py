@@ -68,10 +68,20 @@ def pick_device(gpus: float) -> torch.device:
 
 def make_optimizer(params: Iterable[nn.Parameter], name: str, lr: float, weight_decay: float,
                    momentum: float) -> torch.optim.Optimizer:
+    """SGD (Nesterov momentum) or AdamW over ``params``.
+
+    Weight decay applies to tensors of two or more dimensions only (convolution and linear
+    weights); biases and normalisation scales and shifts are not decayed, as in nanoGPT and
+    timm: shrinking them towards zero regularises nothing and only fights the normalisation.
+    So a search over ``weight_decay`` changes what it says it changes.
+    """
+    params = list(params)
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                               nesterov=momentum > 0)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 def train_one_epoch(student: nn.Module, loader: Iterable[Batch], optimizer: torch.optim.Optimizer,
