@@ -22,6 +22,7 @@ import yaml
 
 from kdsearch.config import SEARCHABLE, Student, final_space
 from kdsearch.track.schema import (
+    MAX_RESULTS,
     RESOLVED_SPACE,
     ROLE,
     STATUS,
@@ -109,7 +110,8 @@ def choose_search(client: Any, experiment_id: str, name: str, search_id: str | N
             raise BestError(f"--search {search_id}: not a search of experiment {name!r}")
         return run
     searches = client.search_runs([experiment_id], f"tags.`{ROLE}` = 'search'",
-                                  order_by=["attributes.start_time DESC"], max_results=50000)
+                                  order_by=["attributes.start_time DESC"],
+                                  max_results=MAX_RESULTS)
     if not searches:
         raise BestError(f"experiment {name!r} has no search runs", EXIT_NOTHING)
     for run in searches:

@@ -23,7 +23,7 @@ class Progress(Callback):
         self.every = every if self.tty else 30.0
         self.start = time.monotonic()
         self.last_draw = 0.0
-        self.counts = {"completed": 0, "pruned": 0, "failed": 0}
+        self.counts = {s.value: 0 for s in (Status.COMPLETED, Status.PRUNED, Status.FAILED)}
         self.last: dict[str, float] = {}  # trial id -> value at its latest epoch
         self.ended: dict[str, str] = {}  # trial id -> status, once it ended
         self.running = 0
@@ -94,7 +94,7 @@ class Progress(Callback):
         self.draw(force=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.counts["failed"] += 1
+        self.counts[Status.FAILED.value] += 1
         self.ended[trial.trial_id] = Status.FAILED.value
         self.running = sum(t.status == "RUNNING" and t is not trial for t in trials)
         self.say(f"trial {trial.trial_id} failed: {error_message(trial)}")

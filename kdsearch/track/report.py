@@ -54,7 +54,7 @@ class TrialRecord:
 
     trial_id: str
     run_id: str | None
-    status: str  # "completed" | "pruned" | "failed" | "interrupted" | "running"
+    status: str  # a kdsearch.track.schema.Status value
     epochs: int  # epochs trained
     params: dict[str, Any]  # sampled values, keys of search.space (failed trials may miss some)
     metrics: dict[str, float]  # final metrics ("val_acc", "val_class_acc.kick", ...); may be empty
@@ -197,7 +197,7 @@ def _page(records: Sequence[TrialRecord], search: Search, table: pa.Table,
     counts = {status: sum(r.status == status for r in records) for status in STATUSES}
     others = len(records) - sum(counts.values())
     summary = ", ".join(f"{n} {status}" for status, n in counts.items()
-                        if n or status in ("completed", "pruned", "failed"))
+                        if n or status in (Status.COMPLETED, Status.PRUNED, Status.FAILED))
     summary += f", {others} other" if others else ""
     sections = [f"<h2>{html.escape(title)}</h2>\n" +
                 fig.to_html(include_plotlyjs=i == 0, full_html=False, default_height="520px")
