@@ -9,7 +9,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import yaml
 from mlflow.entities import Metric, Param
@@ -123,25 +122,6 @@ def best(store: Mapping[str, str], out: Path, *args: str) -> int:
 def table(stdout: str) -> list[list[str]]:
     """The ranked rows: rank, run id, trial id, value, params..."""
     return [line.split() for line in stdout.splitlines() if line[:4].strip().isdigit()]
-
-
-def test_final_space_trains_one_configuration(tmp_path: Path, base_space: dict[str, Any]
-                                              ) -> None:
-    before = yaml.safe_dump(base_space)
-    values = {**sampled(0.3, 4.0, np.float64(0.002), "tiny3d_wide"), "trial_id": "x"}
-    space = final_space(base_space, values, experiment="demo-final")
-    assert yaml.safe_dump(base_space) == before  # the input is not modified
-    assert "trial_id" not in space["student"]
-    path = tmp_path / "one.yaml"
-    path.write_text(yaml.safe_dump(space, sort_keys=False))
-    cfg = load_space(path, cwd=tmp_path)
-    assert (cfg.student.alpha, cfg.student.temperature, cfg.student.lr,
-            cfg.student.backbone) == (0.3, 4.0, 0.002, "tiny3d_wide")
-    assert cfg.search.space == {} and cfg.search.num_samples == 1
-    assert cfg.search.max_concurrent == 1 and cfg.search.scheduler.name == "none"
-    assert cfg.experiment.name == "demo-final"
-    assert cfg.teacher == load_space(DEMO, cwd=tmp_path).teacher
-    assert final_space(base_space, {})["experiment"] == base_space["experiment"]
 
 
 def test_best_completed_trial_of_latest_search(tmp_path: Path, store: dict[str, str],

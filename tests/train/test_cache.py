@@ -150,29 +150,48 @@ def test_a_failed_build_leaves_no_cache(built: tuple[SpaceConfig, DatasetSplits,
             if not p.name.endswith(".lock")] == []
 
 
+# One search's cache build, slowed down so that two of them overlap for certain: both
+# processes wait for each other before they look for the cache, and a build then takes 2 s
+# longer, while the other one looks for the cache (with the lock, waits for it) right away.
 _BUILD = """
-import sys
+import os, sys, time
 from pathlib import Path
-from kdsearch.train.cache import prepare_cache
+from kdsearch.train import cache
 from kdsearch.data.dataset import load_dataset
 from kdsearch.config.load import load_space
-folder = Path(sys.argv[1])
+folder, teacher, ready = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 cfg = load_space(folder / "space.yaml", ["storage=store2"], cwd=folder)
 data = load_dataset(cfg.data, cfg.student.clip, folder / "idx", log=lambda _: None)
-prepare_cache(cfg, data, Path(sys.argv[2]), log=print)
+build = cache._build
+def slow_build(*args, **kwargs):
+    print("BUILDING", flush=True)
+    time.sleep(2)
+    build(*args, **kwargs)
+cache._build = slow_build
+(ready / str(os.getpid())).touch()
+deadline = time.monotonic() + 120
+while len(list(ready.iterdir())) < 2:
+    if time.monotonic() > deadline:
+        sys.exit("the other search never got ready")
+    time.sleep(0.01)
+cache.prepare_cache(cfg, data, teacher, log=print)
 """
 
 
 def test_concurrent_searches_build_the_cache_once(
-        built: tuple[SpaceConfig, DatasetSplits, Path, Path]) -> None:
+        built: tuple[SpaceConfig, DatasetSplits, Path, Path], tmp_path: Path) -> None:
     cfg, _, teacher_path, _ = built
     folder = Path(cfg.storage).parent
-    procs = [subprocess.Popen([sys.executable, "-c", _BUILD, str(folder), str(teacher_path)],
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", _BUILD, str(folder), str(teacher_path),
+                               str(ready)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outputs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     logs = "".join(out for out, _ in outputs)
+    assert logs.count("BUILDING") == 1, logs
     assert logs.count("cache: built in") == 1 and logs.count("cache: reusing") == 1
     (cache,) = [p for p in (folder / "store2" / "cache").iterdir() if p.is_dir()]
     assert json.loads((cache / META).read_text())["views"] == cfg.teacher.cache_views

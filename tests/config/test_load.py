@@ -1,43 +1,20 @@
-"""Every class of bad space file stops with one line naming the dotted path, exit status 2."""
+"""kdsearch.config.load: reading a space file (YAML, --set overrides, paths made absolute,
+the files and folders it names, the models it asks for) and the final space file of one
+trial. Every problem stops with one line naming the dotted path."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
-from kdsearch.config import ConfigError
+from kdsearch.config import ConfigError, final_space
 from kdsearch.config.load import load_space
-from kdsearch.run import main
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "search_spaces" / "demo.yaml"
-
-
-def write_space(tmp_path: Path, **changes: object) -> Path:
-    """The demo space file with dotted-key changes (None deletes the key)."""
-    raw = yaml.safe_load(DEMO.read_text())
-    for key, value in changes.items():
-        node = raw
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        if value is None:
-            node.pop(last, None)
-        else:
-            node[last] = value
-    path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-def problems(path: Path, overrides: tuple[str, ...] = ()) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        load_space(path, overrides, cwd=path.parent)
-    return info.value.problems
+from .spaces import DEMO, REPO, problems, write_space
 
 
 def test_demo_is_valid_and_paths_become_absolute(tmp_path: Path) -> None:
@@ -49,38 +26,11 @@ def test_demo_is_valid_and_paths_become_absolute(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("changes", "expected"), [
-    ({"search.space.alpha": {"type": "uniform", "low": 0.0, "high": 1.5}},
-     "search.space.alpha.high: 1.5 is outside [0, 1]"),
-    ({"search.space.alpha": {"type": "uniform", "low": 1.5, "high": 2.0}},
-     "search.space.alpha.low: 1.5 is outside [0, 1]"),
-    ({"search.space.lr": {"type": "loguniform", "low": 0.0, "high": 0.1}},
-     "search.space.lr.low: 0.0 must be > 0 for a log scale"),
-    ({"search.space.lr": {"type": "uniform", "low": 0.1, "high": 0.01}},
-     "search.space.lr.high: 0.01 must be greater than low (0.1)"),
-    ({"search.space.backbone": {"type": "choice", "values": ["tiny3d", "resnet9000"]}},
-     "search.space.backbone.values[1]: 'resnet9000' is not a registered student"),
-    ({"search.space.backbone": {"type": "uniform", "low": 0, "high": 1}},
-     "search.space.backbone.type: 'uniform' must be 'choice'"),
-    ({"search.space.dropout": {"type": "uniform", "low": 0, "high": 1}},
-     "search.space.dropout: unknown setting (searchable: alpha"),
-    ({"search.space.alpha": {"type": "gaussian", "low": 0, "high": 1}},
-     "search.space.alpha: "),
-    ({"search.num_samples": 0}, "search.num_samples: 0 input should be greater than or equal"),
-    ({"search.metric": "accuracy"}, "search.metric: 'accuracy' input should be"),
     ({"search.mode": "min"}, "search.mode: 'min' is wrong for metric val_acc"),
-    ({"search.bogus": 1}, "search.bogus: unknown key"),
-    ({"student.epochs": "ten"}, "student.epochs: 'ten' input should be a valid integer"),
-    ({"student.alpha": 2}, "student.alpha: 2 input should be less than or equal to 1"),
     ({"teacher.model": "resnet9000"}, "teacher.model: 'resnet9000' is not a registered teacher"),
-    ({"teacher": None}, "teacher: missing (required)"),
-    ({"data.format": "hdf5"}, "data.format: 'hdf5' input should be"),
-    ({"data.synthetic.size": 33}, "data.synthetic.size: 33 must be even"),
-    ({"experiment.name": "a b"}, "experiment.name: 'a b' string should match pattern"),
-    ({"resources.gpus_per_trial": -1}, "resources.gpus_per_trial: -1 input should be greater"),
-    ({"search.scheduler": {"name": "asha", "reduction_factor": 1}},
-     "search.scheduler.reduction_factor: 1 input should be greater than or equal to 2"),
 ])
-def test_bad_values_name_the_path(tmp_path: Path, changes: dict, expected: str) -> None:
+def test_unregistered_models_and_a_wrong_mode_name_the_path(
+        tmp_path: Path, changes: dict, expected: str) -> None:
     found = problems(write_space(tmp_path, **changes))
     assert any(p.startswith(expected) for p in found), found
 
@@ -109,24 +59,6 @@ def test_missing_kinetics_weights_name_the_file(tmp_path: Path,
     (line,) = problems(path)
     assert line.startswith("teacher.weights: r3d_18 needs its kinetics400 weights in ")
     assert str(tmp_path / "hub") in line and "download https://" in line
-
-
-@pytest.mark.parametrize(("changes", "expected"), [
-    ({"data.format": "annotation_list", "data.root": "d", "data.train_split": "null"},
-     "data.train_split: must name the training list file for format annotation_list"),
-    ({"data.format": "frame_folder", "data.root": "d", "data.train_split": "null"},
-     "data.val_split: must be null when train_split is null"),
-    ({"data.format": "frame_folder", "data.root": "d", "data.classes": ["a", "a"]},
-     "data.classes: ['a', 'a'] repeats a; class names must be unique"),
-    ({"data.val_fraction": 1.0}, "data.val_fraction: 1.0 input should be less than 1"),
-    ({"data.short_videos": "loop"}, "data.short_videos: 'loop' input should be 'pad' or 'skip'"),
-    ({"data.format": "frames"}, "data.format: 'frames' input should be"),
-])
-def test_bad_data_sections(tmp_path: Path, changes: dict, expected: str) -> None:
-    (tmp_path / "d").mkdir()
-    nulls = tuple(f"{k}=null" for k, v in changes.items() if v == "null")  # None deletes
-    found = problems(write_space(tmp_path, **changes), nulls)
-    assert any(p.startswith(expected) for p in found), found
 
 
 def test_annotation_list_problems_name_the_line(tmp_path: Path) -> None:
@@ -178,27 +110,6 @@ def test_overrides_are_validated_like_the_file(tmp_path: Path) -> None:
     assert problems(DEMO, ("novalue",)) == ["--set novalue: expected dotted.key=value"]
 
 
-def test_cli_exits_2_with_one_line_per_problem_and_writes_nothing(tmp_path: Path) -> None:
-    path = write_space(tmp_path, **{"search.num_samples": 0, "student.epochs": 0})
-    proc = subprocess.run([sys.executable, "-m", "kdsearch.run", str(path)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert sorted(lines) == [
-        "error: search.num_samples: 0 input should be greater than or equal to 1",
-        "error: student.epochs: 0 input should be greater than or equal to 1"], proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["space.yaml"]
-
-
-def test_dry_run_prints_config_and_space(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main([str(DEMO), "--dry-run", "--set", "search.num_samples=5"]) == 0
-    out = capsys.readouterr().out
-    assert "search space (5 trials):" in out
-    assert "backbone       choice ['tiny3d', 'tiny3d_wide', 'tiny_r2plus1d']" in out
-    assert "alpha          uniform [0, 0.9]" in out
-
-
 def test_soccerdb1_space_file_fits_a_frame_folder_set(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from kdsearch.testing.media import write_frame_folder
@@ -236,3 +147,32 @@ def test_ucf101_space_file_reads_index_labels(tmp_path: Path) -> None:
     assert [(e.path, train.classes[e.label]) for e in train.entries] == [
         ("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi", "ApplyEyeMakeup"),
         ("YoYo/v_YoYo_g01_c01.avi", "YoYo")]
+
+
+def sampled(alpha: float, temperature: float, lr: float, backbone: str) -> dict[str, Any]:
+    return {"alpha": alpha, "temperature": temperature, "lr": lr, "backbone": backbone}
+
+
+@pytest.fixture(scope="module")
+def base_space(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    cwd = tmp_path_factory.mktemp("cwd")
+    return load_space(DEMO, cwd=cwd).model_dump(mode="json")
+
+
+def test_final_space_trains_one_configuration(tmp_path: Path, base_space: dict[str, Any]
+                                              ) -> None:
+    before = yaml.safe_dump(base_space)
+    values = {**sampled(0.3, 4.0, np.float64(0.002), "tiny3d_wide"), "trial_id": "x"}
+    space = final_space(base_space, values, experiment="demo-final")
+    assert yaml.safe_dump(base_space) == before  # the input is not modified
+    assert "trial_id" not in space["student"]
+    path = tmp_path / "one.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    cfg = load_space(path, cwd=tmp_path)
+    assert (cfg.student.alpha, cfg.student.temperature, cfg.student.lr,
+            cfg.student.backbone) == (0.3, 4.0, 0.002, "tiny3d_wide")
+    assert cfg.search.space == {} and cfg.search.num_samples == 1
+    assert cfg.search.max_concurrent == 1 and cfg.search.scheduler.name == "none"
+    assert cfg.experiment.name == "demo-final"
+    assert cfg.teacher == load_space(DEMO, cwd=tmp_path).teacher
+    assert final_space(base_space, {})["experiment"] == base_space["experiment"]

@@ -1,4 +1,5 @@
-"""A search against a real MLflow tracking server on loopback, over HTTP."""
+"""kdsearch.track.runs: a search records to a real MLflow tracking server on loopback, over
+HTTP, its artifacts through the server."""
 
 from __future__ import annotations
 

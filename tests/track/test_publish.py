@@ -1,6 +1,7 @@
-"""Picking the best configuration: what one real short search leaves in MLflow, read through a
-real ``mlflow server`` (REST API and the UI in headless Chromium), the registered best student,
-and ``kdsearch.best``'s space file trained by ``kdsearch.run``."""
+"""kdsearch.track.publish, and picking the best configuration: what one real short search
+leaves in MLflow, read through a real ``mlflow server`` (REST API and the UI in headless
+Chromium), the registered best student, and ``kdsearch.best``'s space file trained by
+``kdsearch.run``."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from kdsearch.testing import (
 )
 
 ARTIFACTS = Path(os.environ.get("KDSEARCH_TEST_ARTIFACTS",
-                                Path(__file__).resolve().parent.parent / "test-artifacts"))
+                                Path(__file__).resolve().parents[2] / "test-artifacts"))
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""One real search, end to end: CLI, Ray Tune, Optuna, ASHA, MLflow, on a tiny synthetic set."""
+"""kdsearch.search.driver: real searches end to end (CLI, Ray Tune, Optuna, ASHA, MLflow) on
+tiny data sets; warm starts from an earlier experiment."""
 
 from __future__ import annotations
 
@@ -10,9 +11,14 @@ import time
 from pathlib import Path
 
 import mlflow
+import pytest
 from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
 
+from kdsearch.config import ConfigError
 from kdsearch.testing import TINY_SPACE, write_tiny_space
+
+from .helpers import search_of, space_with, tune_run
 
 
 def run_cli(folder: Path, *args: str) -> subprocess.CompletedProcess:
@@ -276,3 +282,56 @@ def test_allow_cpu_runs_a_gpu_space_file_on_cpus(ray_local: None, tmp_path: Path
     assert ("warning: resources.gpus_per_trial is 0.5 but the Ray cluster has no GPU; trials "
             "run on CPUs (resources.allow_cpu)") in said
     assert "teacher stage: a Ray task with 2 CPUs and 0 GPUs" in said
+
+
+# --- warm starts ------------------------------------------------------------------------------
+
+def _earlier_experiment(store: str) -> None:
+    """Completed, pruned and foreign trials, as an earlier search leaves them."""
+    client = MlflowClient(store)
+    experiment = client.create_experiment("earlier")
+    rows = [("completed", {"alpha": "0.3", "lr": "0.001", "backbone": "tiny3d"}, 0.9),
+            ("completed", {"alpha": "0.7", "lr": "0.005", "backbone": "tiny3d"}, 0.6),
+            ("completed", {"alpha": "0.95", "lr": "0.001", "backbone": "tiny3d"}, 0.5),
+            ("pruned", {"alpha": "0.1", "lr": "0.001", "backbone": "tiny3d"}, 0.4)]
+    for status, params, value in rows:
+        run = client.create_run(experiment, tags={"kdsearch.role": "trial",
+                                                  "kdsearch.status": status}).info.run_id
+        for key, text in params.items():
+            client.log_param(run, key, text)
+        client.log_metric(run, "val_acc", value, step=4)
+        client.set_terminated(run)
+
+
+def test_a_warm_start_tells_the_sampler_an_earlier_experiment(ray_local: None,
+                                                              tmp_path: Path) -> None:
+    from kdsearch.search.driver import _warm_start
+
+    store = f"sqlite:///{tmp_path / 'earlier.db'}"
+    _earlier_experiment(store)
+    cfg = space_with(tmp_path, space={"alpha": {"type": "uniform", "low": 0.0, "high": 0.9},
+                                      "lr": {"type": "loguniform", "low": 1e-4,
+                                             "high": 1e-2}},
+                     warm_start={"experiment": "earlier", "tracking_uri": store})
+    said: list[str] = []
+    warm = _warm_start(MlflowClient(cfg.tracking_uri), cfg, said.append)
+    # Completed trials only; alpha 0.95 lies outside this space and is dropped from its trial.
+    assert said == ["warm start: 3 completed trials of experiment 'earlier' told to the "
+                    "sampler"]
+    assert sorted(((t.params.get("alpha"), t.value) for t in warm), key=lambda p: -p[1]) == [
+        (0.3, 0.9), (0.7, 0.6), (None, 0.5)]
+    results, searcher = tune_run(search_of("tpe"), tmp_path / "tune", num_samples=3,
+                                 warm=warm)
+    told = [t for t in searcher.study.trials if t.user_attrs.get("warm_start")]
+    assert len(told) == 3 and all(t.state == TrialState.COMPLETE for t in told)
+    assert len(results) == 3  # and three new trials ran
+
+
+def test_a_warm_start_from_a_missing_experiment_is_a_config_error(tmp_path: Path) -> None:
+    from kdsearch.search.driver import _warm_start
+
+    cfg = space_with(tmp_path, warm_start={"experiment": "nope"})
+    with pytest.raises(ConfigError) as err:
+        _warm_start(MlflowClient(cfg.tracking_uri), cfg, print)
+    assert err.value.problems == [
+        f"search.warm_start.experiment: 'nope' is not an experiment of {cfg.tracking_uri}"]

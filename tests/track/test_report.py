@@ -1,84 +1,31 @@
-"""The end-of-search report: table, study, PNG plots and the offline HTML page."""
+"""kdsearch.track.report: the end-of-search report: table, study, files and the offline
+HTML page."""
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import math
-import warnings
 from pathlib import Path
 
-import matplotlib
 import optuna
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 from optuna.trial import TrialState
-from PIL import Image
 
-from kdsearch.config import Search
-from kdsearch.track.report import (
-    TrialRecord,
-    _attempt,
-    study_from_records,
-    trials_table,
-    write_report,
+from kdsearch.track.report import TrialRecord, study_from_records, trials_table, write_report
+
+from .records import (
+    ALL_PLOTS,
+    BEST_FIRST,
+    FINALS,
+    FULL_SPACE,
+    RECORDS,
+    completed,
+    make_search,
+    params,
+    written_plots,
 )
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-FULL_SPACE = {
-    "alpha": {"type": "uniform", "low": 0.0, "high": 1.0},
-    "temperature": {"type": "loguniform", "low": 1.0, "high": 20.0},
-    "lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
-    "backbone": {"type": "choice", "values": ["tiny3d", "x3d_xs"]},
-}
-ALL_PLOTS = {"optimization_history", "learning_curves", "parallel_coordinate",
-             "param_importances", "alpha_temperature"}
-
-
-def make_search(space: dict | None = None, **kwargs: str) -> Search:
-    return Search.model_validate({"space": FULL_SPACE if space is None else space, **kwargs})
-
-
-def params(i: int) -> dict:
-    return {"alpha": 0.1 + 0.07 * i, "temperature": 1.5 + 1.3 * i, "lr": 1e-3 * (1 + i),
-            "backbone": ("tiny3d", "x3d_xs")[i % 2]}
-
-
-def completed(trial_id: str, final: float, i: int, epochs: int = 10) -> TrialRecord:
-    history = {e: final * e / epochs for e in range(1, epochs + 1)}
-    metrics = {"val_acc": final, "best_val_acc": final, "val_class_acc.kick": final / 2}
-    return TrialRecord(trial_id, f"run-{trial_id}", "completed", epochs, params(i), metrics,
-                       history)
-
-
-def pruned(trial_id: str, last: float, epochs: int, i: int) -> TrialRecord:
-    history = {e: last * e / epochs for e in range(1, epochs + 1)}
-    return TrialRecord(trial_id, f"run-{trial_id}", "pruned", epochs, params(i),
-                       {"val_acc": last, "val_macro_f1": last - 0.1}, history)
-
-
-FINALS = {"c0": 0.61, "c1": 0.74, "c2": 0.52, "c3": 0.80, "c4": 0.67, "c5": 0.45}
-RECORDS = [
-    *(completed(tid, final, i) for i, (tid, final) in enumerate(FINALS.items())),
-    pruned("p0", 0.30, 2, 6), pruned("p1", 0.40, 4, 7), pruned("p2", 0.45, 4, 8),
-    pruned("p3", 0.35, 2, 9),
-    # Failed before sampling finished: one param only, out of its range, no run, no metrics.
-    TrialRecord("f0", None, "failed", 0, {"alpha": 1.5, "lr": 0.01}, {}, {}),
-    TrialRecord("f1", "run-f1", "failed", 1, {}, {}, {1: 0.2}),
-]
-BEST_FIRST = ["c3", "c1", "c4", "c0", "c2", "c5", "p2", "p1", "p3", "p0", "f1", "f0"]
-
-
-@pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
-    out = tmp_path_factory.mktemp("report")
-    return out, write_report(RECORDS, make_search(), out)
-
-
-def written_plots(paths: list[Path]) -> set[str]:
-    return {p.stem for p in paths if p.suffix == ".png"}
 
 
 def test_table_is_best_first_with_typed_columns() -> None:
@@ -194,19 +141,6 @@ def test_parquet_and_csv_round_trip(report: tuple[Path, list[Path]]) -> None:
             assert csv.column(name).to_pylist() == table.column(name).to_pylist(), name
 
 
-def test_pngs_are_real_images(report: tuple[Path, list[Path]]) -> None:
-    _, paths = report
-    pngs = [p for p in paths if p.suffix == ".png"]
-    assert written_plots(paths) == ALL_PLOTS
-    for png in pngs:
-        assert png.read_bytes()[:8] == PNG_SIGNATURE
-        assert png.stat().st_size > 10_000
-        with Image.open(png) as image:
-            image.verify()
-        with Image.open(png) as image:
-            assert image.width >= 400 and image.height >= 300
-
-
 def test_html_inlines_plotly_once_with_one_div_per_plot(
         report: tuple[Path, list[Path]]) -> None:
     out, _ = report
@@ -217,19 +151,6 @@ def test_html_inlines_plotly_once_with_one_div_per_plot(
     assert "6 completed, 4 pruned, 2 failed" in page
     assert "<title>" in page and "val_acc" in page
     assert all(f"<td>{tid}</td>" in page for tid in BEST_FIRST)
-
-
-def test_matplotlib_state_is_left_as_found(tmp_path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    keep = plt.figure()
-    rc = dict(matplotlib.rcParams)
-    try:
-        write_report(RECORDS[:8], make_search(), tmp_path)
-        assert plt.get_fignums() == [keep.number]
-        assert dict(matplotlib.rcParams) == rc  # optuna's ggplot style did not stick
-    finally:
-        plt.close(keep)
 
 
 @pytest.mark.parametrize(("space", "records", "plots"), [
@@ -264,17 +185,6 @@ def test_degenerate_searches_write_what_they_can(tmp_path: Path, space: dict | N
     assert page.count("plotly.js v") == (1 if plots else 0)
 
 
-def test_completed_trial_missing_a_param_still_plots(tmp_path: Path) -> None:
-    odd = dataclasses.replace(completed("c9", 0.9, 4),
-                              params={"alpha": 0.5, "temperature": 3.0, "backbone": "nope"})
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)  # no noise in the driver's log
-        paths = write_report([*RECORDS[:3], odd], make_search(), tmp_path)
-    assert written_plots(paths) == ALL_PLOTS
-    assert study_from_records([odd], make_search()).trials[0].params == {
-        "alpha": 0.5, "temperature": 3.0}
-
-
 def test_rewriting_a_directory_drops_plots_no_longer_drawn(
         report: tuple[Path, list[Path]], tmp_path: Path) -> None:
     out = tmp_path / "again"
@@ -282,12 +192,3 @@ def test_rewriting_a_directory_drops_plots_no_longer_drawn(
     paths = write_report(RECORDS[:1], make_search(), out)
     assert {p.stem for p in (out / "plots").glob("*.png")} == written_plots(paths)
     assert "param_importances" not in written_plots(paths)
-
-
-def test_a_plot_that_raises_is_logged_and_skipped(caplog: pytest.LogCaptureFixture) -> None:
-    def broken() -> None:
-        raise ValueError("not enough trials")
-
-    with caplog.at_level(logging.WARNING, logger="kdsearch.track.report"):
-        assert _attempt("param_importances", broken) is None
-    assert "param_importances not drawn: ValueError: not enough trials" in caplog.text

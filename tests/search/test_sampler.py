@@ -1,10 +1,12 @@
-"""Optuna must learn the truth about trials under ASHA: PRUNED, FAIL or COMPLETE."""
+"""kdsearch.search.sampler: Optuna must learn the truth about trials under ASHA (PRUNED, FAIL
+or COMPLETE), and runs the given points first."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 from optuna.trial import TrialState
 from ray import tune
@@ -14,7 +16,7 @@ from kdsearch.config import Search
 from kdsearch.search.sampler import make_searcher
 from kdsearch.search.space import make_sampler, optuna_space
 
-MAX_T = 4
+from .helpers import MAX_T, search_of, tune_run
 
 
 def objective(config: dict[str, Any]) -> None:
@@ -64,12 +66,24 @@ def test_early_stopped_trials_are_pruned(ray_local: None, tmp_path: Path) -> Non
 def test_stock_optuna_search_reports_pruned_trials_as_complete(ray_local: None,
                                                                tmp_path: Path) -> None:
     # Why make_searcher exists: the stock searcher calls one-epoch trials COMPLETE.
+    storage = optuna.storages.InMemoryStorage()  # its study, read back through Optuna's API
     stock = OptunaSearch(space=optuna_space(SEARCH), metric="val_acc", mode="max",
-                         sampler=make_sampler(SEARCH))
+                         sampler=make_sampler(SEARCH), study_name="stock", storage=storage)
     results = run(stock, tmp_path)
     stopped_early = sum(r.error is None and r.metrics.get("epoch", 0) < MAX_T for r in results)
     errors = sum(r.error is not None for r in results)
-    states = [t.state for t in stock._ot_study.trials]
+    states = [t.state for t in optuna.load_study(study_name="stock", storage=storage).trials]
     assert stopped_early >= 1
     assert states.count(TrialState.COMPLETE) == 12 - errors  # stopped-early ones included
     assert states.count(TrialState.PRUNED) == 0
+
+
+def test_points_to_evaluate_run_first(ray_local: None, tmp_path: Path) -> None:
+    # SoccerKDNet's hand-picked setting as the first trial.
+    search = Search.model_validate({**search_of("tpe").model_dump(),
+                                    "points_to_evaluate": [{"alpha": 0.5, "lr": 0.001}]})
+    results, searcher = tune_run(search, tmp_path, num_samples=3)
+    first = searcher.study.trials[0]
+    assert first.params == {"alpha": 0.5, "lr": 0.001}
+    assert {"alpha": 0.5, "lr": 0.001} in [r.config for r in results]
+

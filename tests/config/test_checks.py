@@ -1,0 +1,64 @@
+"""kdsearch.config.checks: the rules across fields of the search space (ranges, searchable
+settings, conditions, points to evaluate, the sampler) and problems as one line each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kdsearch.testing import TINY_SPACE
+
+from .spaces import problems, search_problems, write_space
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"search.space.alpha": {"type": "uniform", "low": 0.0, "high": 1.5}},
+     "search.space.alpha.high: 1.5 is outside [0, 1]"),
+    ({"search.space.alpha": {"type": "uniform", "low": 1.5, "high": 2.0}},
+     "search.space.alpha.low: 1.5 is outside [0, 1]"),
+    ({"search.space.lr": {"type": "loguniform", "low": 0.0, "high": 0.1}},
+     "search.space.lr.low: 0.0 must be > 0 for a log scale"),
+    ({"search.space.lr": {"type": "uniform", "low": 0.1, "high": 0.01}},
+     "search.space.lr.high: 0.01 must be greater than low (0.1)"),
+    ({"search.space.backbone": {"type": "choice", "values": ["tiny3d", "resnet9000"]}},
+     "search.space.backbone.values[1]: 'resnet9000' is not a registered student"),
+    ({"search.space.backbone": {"type": "uniform", "low": 0, "high": 1}},
+     "search.space.backbone.type: 'uniform' must be 'choice'"),
+    ({"search.space.dropout": {"type": "uniform", "low": 0, "high": 1}},
+     "search.space.dropout: unknown setting (searchable: alpha"),
+])
+def test_bad_search_spaces_name_the_path(
+        tmp_path: Path, changes: dict, expected: str) -> None:
+    found = problems(write_space(tmp_path, **changes))
+    assert any(p.startswith(expected) for p in found), found
+
+
+def test_cmaes_refuses_a_space_with_a_choice(tmp_path: Path) -> None:
+    found = search_problems(tmp_path, sampler="cmaes")
+    assert found == ["search.space.backbone: is a choice; search.sampler 'cmaes' needs a "
+                     "continuous space (uniform, loguniform or int, unconditional): use 'tpe'"]
+    assert "search.sampler: 'simplex'" in search_problems(tmp_path, sampler="simplex")[0]
+
+
+def test_conditions_are_validated(tmp_path: Path) -> None:
+    space = {**TINY_SPACE["search"]["space"],
+             "lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2,
+                    "when": {"backbone": ["tiny3d", "resnet"]}},
+             "momentum": {"type": "uniform", "low": 0.5, "high": 0.9, "when": {"lr": [0.1]}}}
+    assert search_problems(tmp_path, space=space) == [
+        "search.space.lr.when.backbone: 'resnet' is not one of search.space.backbone.values "
+        "['tiny3d', 'tiny_r2plus1d']",
+        "search.space.momentum.when.lr: must name a searched choice declared before "
+        "'momentum'"]
+
+
+def test_points_to_evaluate_are_validated(tmp_path: Path) -> None:
+    found = search_problems(tmp_path, points_to_evaluate=[{"alpha": 1.5, "gamma": 1},
+                                                   {"backbone": "resnet"}])
+    assert found == [
+        "search.points_to_evaluate[0].alpha: 1.5 is outside [0.1, 0.9]",
+        "search.points_to_evaluate[0].gamma: not a searched setting (searched: alpha, "
+        "temperature, backbone)",
+        "search.points_to_evaluate[1].backbone: 'resnet' is not one of ['tiny3d', "
+        "'tiny_r2plus1d']"]
