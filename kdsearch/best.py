@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from kdsearch.config import SEARCHABLE, Student, final_space
+from kdsearch.text import format_table, plural, python_command
 from kdsearch.track.schema import (
     MAX_RESULTS,
     RESOLVED_SPACE,
@@ -165,11 +166,8 @@ def _fmt(text: str) -> str:
 def print_table(top: Sequence[Candidate], metric: str, names: Sequence[str]) -> None:
     rows = [[str(i), c.run_id, c.trial_id, f"{c.value:.4f}",
              *(_fmt(c.params.get(n, "-")) for n in names)] for i, c in enumerate(top, 1)]
-    header = ["rank", "run id", "trial id", metric, *names]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(cell.rjust(w) if i in (0, 3) else cell.ljust(w)
-                        for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip())
+    print("\n".join(format_table(["rank", "run id", "trial id", metric, *names], rows,
+                                 right={0, 3})))
 
 
 def noise_note(ranked: Sequence[Candidate], metric: str, n_val: float | None) -> str:
@@ -205,7 +203,7 @@ def noise_note(ranked: Sequence[Candidate], metric: str, n_val: float | None) ->
 
 
 def _trials_are(n: int) -> str:
-    return "1 trial is" if n == 1 else f"{n} trials are"
+    return f"{plural(n, 'trial')} {'is' if n == 1 else 'are'}"
 
 
 def _artifact(client: Any, run_id: str, path: str) -> dict[str, Any] | None:
@@ -291,9 +289,10 @@ def run(args: argparse.Namespace) -> int:
                         experiment=f"{args.experiment}-final")
     header = (f"# The best trial of experiment {args.experiment}: run {best.run_id} (trial "
               f"{best.trial_id}) of search {parent.info.run_id}, {metric} {best.value:.4f}.\n"
-              f"# Trains that student once:  python -m kdsearch.run {args.out}\n")
+              f"# Trains that student once:  {python_command()} -m kdsearch.run {args.out}\n")
     write_space(args.out, space, header)
-    print(f"\nwrote {args.out}: train the final student with  python -m kdsearch.run "
+    print(f"\nwrote {args.out}: train the final student with  {python_command()} -m "
+          "kdsearch.run "
           f"{args.out}")
     return 0
 

@@ -18,8 +18,10 @@ from kdsearch.config import (
     SpaceConfig,
     load_space,
 )
+from kdsearch.text import format_table, plural, python_command
 
 EXIT_BAD_INPUT = 2
+SHOWN = 10  # trials the summary table lists
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -66,12 +68,15 @@ def print_outcome(outcome: object, cfg: SpaceConfig) -> None:
     print(f"\nsearch finished in {outcome.seconds / 60:.1f} min; teacher val_acc "
           f"{outcome.teacher_metrics.get('val_acc', float('nan')):.3f}")
     names = list(cfg.search.space)
-    header = f"{'trial':<12}{'status':<11}{'epochs':>6} {metric:>13}  " + "  ".join(names)
-    print(header)
-    for row in outcome.rows[:10]:
-        value = "-" if row.value is None else f"{row.value:.3f}"
-        params = "  ".join(_fmt(row.config.get(n)) for n in names)
-        print(f"{row.trial_id:<12}{row.status:<11}{row.epochs:>6} {value:>13}  {params}")
+    shown = outcome.rows[:SHOWN]
+    rows = [[row.trial_id, row.status, str(row.epochs),
+             "-" if row.value is None else f"{row.value:.3f}",
+             *(_fmt(row.config.get(n)) for n in names)] for row in shown]
+    print(f"{plural(len(outcome.rows), 'trial')}, best first"
+          + (f" (the best {len(shown)} shown; all in MLflow)" if len(shown) < len(outcome.rows)
+             else "") + f", ranked by {metric} at the last epoch:")
+    print("\n".join(format_table(["trial", "status", "epochs", metric, *names], rows,
+                                 right={2, 3})))
     if outcome.best is None and not outcome.interrupted:
         print("no trial completed; see the failures above")
     elif outcome.best is None:
@@ -81,11 +86,17 @@ def print_outcome(outcome: object, cfg: SpaceConfig) -> None:
         print(f"\nbest: {metric} {outcome.best.value:.3f}"
               + (f" with {settings}" if settings else "")
               + f" (MLflow run {outcome.best.run_id})")
-    print(f"\nopen the results:  mlflow ui --backend-store-uri {cfg.tracking_uri}")
+    python = python_command()
+    if not cfg.tracking_uri.startswith(("http://", "https://")):
+        print(f"\nopen the results:  {python} -m mlflow ui --backend-store-uri "
+              f"{cfg.tracking_uri}")
+    print(f"the trials, best first, in the MLflow UI:\n  {outcome.trials_link}")
+    if outcome.report:
+        print(f"the report:        {outcome.report}")
     if outcome.best is not None and cfg.search.space:
         uri = "" if cfg.tracking.uri == _default_uri() else f" --tracking-uri {cfg.tracking_uri}"
-        print(f"export the best:   python -m kdsearch.best --experiment {cfg.experiment.name}"
-              f"{uri}")
+        print(f"export the best:   {python} -m kdsearch.best --experiment "
+              f"{cfg.experiment.name}{uri}")
 
 
 def _default_uri() -> str:

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from kdsearch.best import main
 from kdsearch.config import SEARCHABLE, final_space
 from kdsearch.config.load import load_space
+from kdsearch.text import python_command
 from kdsearch.track.schema import PARENT, ROLE, STATUS, TRIAL_SPACE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,7 +138,8 @@ def test_best_completed_trial_of_latest_search(tmp_path: Path, store: dict[str, 
     assert "trial a_1, val_acc 0.8000" in stdout
     assert ("note: 1 trial is within one standard error (0.040, 100 validation videos) of the "
             "best: a_2; their ranking is noise.") in stdout
-    assert f"wrote {out}: train the final student with  python -m kdsearch.run {out}" in stdout
+    python = python_command()  # the interpreter running this, as a user would type it
+    assert f"wrote {out}: train the final student with  {python} -m kdsearch.run {out}" in stdout
     assert out.read_text().startswith("# The best trial of experiment demo: run ")
     cfg = load_space(out, cwd=tmp_path)
     assert cfg.experiment.name == "demo-final"

@@ -4,10 +4,12 @@ pydantic's errors as one line per problem (``dotted.path: value rule``)."""
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, get_args, get_origin
+import reprlib
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from annotated_types import Ge, Gt, Le, Lt
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from kdsearch.config.schema import (
     SEARCHABLE,
@@ -15,9 +17,11 @@ from kdsearch.config.schema import (
     IntRange,
     LogUniform,
     Search,
+    SpaceConfig,
     Student,
     Uniform,
 )
+from kdsearch.text import did_you_mean
 
 
 def _range_problems(name: str, dist: Uniform | LogUniform | IntRange) -> list[str]:
@@ -42,7 +46,9 @@ def _value_problem(name: str, value: Any) -> str | None:
         from kdsearch.models import list_models
 
         if value not in list_models("student"):
-            return f"is not a registered student (valid: {', '.join(list_models('student'))})"
+            students = list_models("student")
+            return (f"is not a registered student (valid: {', '.join(students)})"
+                    f"{did_you_mean(str(value), students)}")
         return None
     field = Student.model_fields[name]
     if get_origin(field.annotation) is Literal:
@@ -82,7 +88,7 @@ def _value_problems(search: Search) -> list[str]:
     for name, dist in search.space.items():
         if name not in SEARCHABLE:
             problems.append(f"search.space.{name}: unknown setting (searchable: "
-                            f"{', '.join(SEARCHABLE)})")
+                            f"{', '.join(SEARCHABLE)}){did_you_mean(name, SEARCHABLE)}")
         elif isinstance(dist, Choice):
             for i, value in enumerate(dist.values):
                 rule = _value_problem(name, value)
@@ -136,23 +142,96 @@ def _point_problems(search: Search) -> list[str]:
 
 
 def format_validation_error(err: ValidationError) -> list[str]:
-    """pydantic's errors as ``dotted.path: value rule`` lines."""
+    """pydantic's errors as ``dotted.path: value rule`` lines, with the closest valid name
+    for a misspelt key or value, and at most a short excerpt of the value."""
     lines = []
     for e in err.errors():
         loc = ".".join(_loc_part(p) for p in e["loc"] if not _is_union_tag(p))
         loc = loc.replace(".[", "[")
+        ctx = e.get("ctx") or {}
         if e["type"] == "extra_forbidden":
-            lines.append(f"{loc}: unknown key")
+            key = str(e["loc"][-1])
+            lines.append(f"{loc}: unknown key{did_you_mean(key, _allowed_keys(e['loc'][:-1]))}")
         elif e["type"] == "missing":
             lines.append(f"{loc}: missing (required)")
+        elif e["type"] == "union_tag_invalid":
+            tags = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",")]
+            tag = str(ctx.get("tag", ""))
+            lines.append(f"{loc}.{ctx.get('discriminator', 'type').strip(chr(39))}: "
+                         f"{excerpt(tag)} is not one of {', '.join(tags)}"
+                         f"{did_you_mean(tag, tags)}")
+        elif e["type"] == "literal_error":
+            allowed = [t.strip(" '") for t in
+                       str(ctx.get("expected", "")).replace(" or ", ", ").split(",")]
+            value = e.get("input")
+            lines.append(f"{loc}: {excerpt(value)} input should be one of {', '.join(allowed)}"
+                         f"{did_you_mean(str(value), allowed)}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
             # A model validator's message starts with its field: "train_split: must ..."
             if e["type"] == "value_error" and isinstance(e.get("input"), dict):
                 lines.append(f"{loc}.{msg}")
             else:
-                lines.append(f"{loc}: {e.get('input')!r} {msg[0].lower()}{msg[1:]}")
+                lines.append(f"{loc}: {excerpt(e.get('input'))} {msg[0].lower()}{msg[1:]}")
     return lines
+
+
+def excerpt(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to about ``limit`` characters: a message never echoes a huge
+    input (a YAML alias bomb expands to megabytes)."""
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = limit
+    short.maxlist = short.maxdict = 6
+    short.maxlevel = 2
+    text = short.repr(value)
+    return text if len(text) <= 2 * limit else text[:2 * limit] + "..."
+
+
+def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the space file accepts at ``loc`` (a pydantic error location, union tags
+    included), for "did you mean"."""
+    annotation: Any = SpaceConfig
+    for part in loc:
+        annotation = _step(annotation, part)
+        if annotation is None:
+            return []
+    model = _model(annotation)
+    return list(model.model_fields) if model is not None else []
+
+
+def _step(annotation: Any, part: int | str) -> Any:
+    annotation = _unwrap(annotation)
+    model = _model(annotation)
+    if model is not None:
+        field = model.model_fields.get(str(part))
+        return None if field is None else field.annotation
+    origin = get_origin(annotation)
+    if origin is dict:
+        return get_args(annotation)[1]
+    if origin is list:
+        return get_args(annotation)[0]
+    if origin in (Union, UnionType):  # a tagged union: ``part`` names the member
+        for member in get_args(annotation):
+            inner = _model(_unwrap(member))
+            tag = inner and next((f for f in ("type", "name") if f in inner.model_fields), None)
+            if inner is not None and tag and part in get_args(inner.model_fields[tag].annotation):
+                return inner
+    return None
+
+
+def _unwrap(annotation: Any) -> Any:
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if get_origin(annotation) in (Union, UnionType):
+        members = [m for m in get_args(annotation) if m is not type(None)]
+        if len(members) == 1:
+            return _unwrap(members[0])
+    return annotation
+
+
+def _model(annotation: Any) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation,
+                                                                      BaseModel) else None
 
 
 def _loc_part(part: int | str) -> str:

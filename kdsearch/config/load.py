@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from kdsearch.config.checks import format_validation_error, search_space_problems
 from kdsearch.config.schema import PRETRAINED, SEARCHABLE, Choice, ConfigError, SpaceConfig
 from kdsearch.storage import is_uri
+from kdsearch.text import did_you_mean
 
 
 def load_space(path: str | Path, overrides: Sequence[str] = (), cwd: Path | None = None
@@ -21,7 +22,21 @@ def load_space(path: str | Path, overrides: Sequence[str] = (), cwd: Path | None
     """Parse, override, validate and resolve a space file; raise ConfigError on any problem."""
     raw = read_yaml(Path(path))
     raw = apply_overrides(raw, overrides)
-    return validate(raw, cwd or Path.cwd())
+    try:
+        return validate(raw, cwd or Path.cwd())
+    except ConfigError as err:
+        raise ConfigError([_with_source(line, overrides) for line in err.problems]) from None
+
+
+def _with_source(problem: str, overrides: Sequence[str]) -> str:
+    """A problem with a value that ``--set`` gave says so (the others are the file's)."""
+    where = problem.split(":", 1)[0]
+    for item in overrides:
+        key = item.partition("=")[0]
+        if where == key or where.startswith((f"{key}.", f"{key}[")):
+            text = item if len(item) <= 80 else item[:80] + "..."
+            return f"{problem} (from --set {text})"
+    return problem
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -89,10 +104,12 @@ def _model_problems(cfg: SpaceConfig) -> list[str]:
     teachers, students = list_models("teacher"), list_models("student")
     if cfg.teacher.model not in teachers:
         problems.append(f"teacher.model: {cfg.teacher.model!r} is not a registered teacher "
-                        f"(valid: {', '.join(teachers)})")
+                        f"(valid: {', '.join(teachers)})"
+                        f"{did_you_mean(cfg.teacher.model, teachers)}")
     if "backbone" not in cfg.search.space and cfg.student.backbone not in students:
         problems.append(f"student.backbone: {cfg.student.backbone!r} is not a registered "
-                        f"student (valid: {', '.join(students)})")
+                        f"student (valid: {', '.join(students)})"
+                        f"{did_you_mean(cfg.student.backbone, students)}")
     if cfg.search.metric == "val_vote_acc":
         problems += _vote_problems(cfg, students)
     if cfg.search.metric == "val_loss" and cfg.search.mode != "min":

@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import mlflow
-import ray
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial
 from ray import tune
 
-from kdsearch.config import ConfigError, SpaceConfig
+from kdsearch.config import SpaceConfig
 from kdsearch.data.dataset import load_dataset, prepare_data
+from kdsearch.search.cluster import init_ray
 from kdsearch.search.progress import Progress
 from kdsearch.search.resume import (
     SearchRecord,
@@ -42,8 +41,10 @@ from kdsearch.track.runs import (
     record_teacher,
     redacted_config,
     reopen_parent,
+    report_location,
     start_parent,
     trial_statuses,
+    trials_link,
 )
 from kdsearch.track.schema import Status, TrialRow, best_row, rank_rows
 from kdsearch.train.trial import TrialContext
@@ -58,56 +59,8 @@ class SearchOutcome:
     teacher_metrics: dict[str, float]
     seconds: float
     interrupted: bool  # stopped (Ctrl-C) before every trial finished
-
-
-def init_ray(cfg: SpaceConfig, address: str | None, say: Any = print) -> SpaceConfig:
-    """Join the cluster at ``address``/RAY_ADDRESS, else start a local Ray on loopback.
-
-    Returns the configuration trials run with: GPUs asked of a cluster without any are an
-    error, or with ``resources.allow_cpu`` a warning and CPU trials.
-    """
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    # The legacy reporter honours verbose=0; kdsearch draws its own progress line.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Snapshots after every checkpoint are what a resume relies on (see _checkpointing).
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False,
-                              "configure_logging": True}
-    address = address or os.environ.get("RAY_ADDRESS")
-    if ray.is_initialized():  # a caller (a notebook, a test) already connected
-        pass
-    elif address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(include_dashboard=False, dashboard_host="127.0.0.1", **kwargs)
-    gpus = ray.cluster_resources().get("GPU", 0)
-    wanted = cfg.resources.gpus_per_trial
-    if wanted > 0 and gpus == 0 and (most := _autoscaler_max_gpus()):
-        say(f"no GPU node is up yet; the autoscaler can add up to {most:g} GPUs and trials "
-            "wait for them")
-        return cfg
-    if wanted > 0 and gpus == 0:
-        if not cfg.resources.allow_cpu:
-            raise ConfigError([f"resources.gpus_per_trial: {wanted} asks for GPUs but the Ray "
-                               "cluster has none; set it to 0, or resources.allow_cpu: true "
-                               "to train on CPUs"])
-        say(f"warning: resources.gpus_per_trial is {wanted} but the Ray cluster has no GPU; "
-            "trials run on CPUs (resources.allow_cpu)")
-        return cfg.model_copy(update={"resources": cfg.resources.model_copy(
-            update={"gpus_per_trial": 0})})
-    return cfg
-
-
-def _autoscaler_max_gpus() -> float:
-    """GPUs the cluster's autoscaler may add (GPU worker groups scaled to zero), 0 when
-    unknown. Ray has no public API for this; its private one may move between releases."""
-    try:
-        from ray._private.state import state
-
-        most = state.get_max_resources_from_cluster_config() or {}
-    except Exception:  # noqa: BLE001 - any failure means "unknown", never a crash
-        return 0.0
-    return float(most.get("GPU", 0))
+    trials_link: str = ""  # the MLflow UI page of the trials, best first
+    report: str | None = None  # the HTML report, when the search wrote one
 
 
 def _rows(results: tune.ResultGrid, runs: dict[str, tuple[str, str]], cfg: SpaceConfig
@@ -183,8 +136,11 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
     except BaseException as err:
         fail_parent(client, parent_id, isinstance(err, KeyboardInterrupt))
         raise
+    link = trials_link(cfg.tracking_uri, experiment_id, parent_id, cfg.search.metric,
+                       cfg.search.mode)
+    report = None if interrupted else report_location(client, parent_id)
     return SearchOutcome(experiment_id, parent_id, rows, best, teacher.metrics,
-                         time.monotonic() - start, interrupted)
+                         time.monotonic() - start, interrupted, link, report)
 
 
 def _warm_start(client: MlflowClient, cfg: SpaceConfig, say: Any) -> list[FrozenTrial]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from kdsearch.config import ConfigError, SpaceConfig
 from kdsearch.storage import redact
 from kdsearch.track.schema import (
     BEST_RUN,
+    DESCRIPTION,
     PARENT,
     RESOLVED_SPACE,
     ROLE,
@@ -28,6 +30,7 @@ from kdsearch.track.schema import (
     TRIAL_ID,
     Status,
     TrialRow,
+    trial_query,
     trial_runs,
 )
 
@@ -191,8 +194,43 @@ def record_teacher(client: MlflowClient, cfg: SpaceConfig, data: DatasetSplits,
                                     if k.startswith("val")})
 
 
+def ui_address(tracking_uri: str) -> str:
+    """Where the MLflow UI of ``tracking_uri`` answers: the tracking server itself, or the
+    local ``mlflow ui`` a user starts on a database file (127.0.0.1:5000 by default)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri.rstrip("/")
+    return "http://127.0.0.1:5000"
+
+
+def trials_link(tracking_uri: str, experiment_id: str, parent_id: str, metric: str,
+                mode: str) -> str:
+    """The MLflow UI page of one search's trials, best first: the runs filtered to the trial
+    runs of ``parent_id`` and sorted by ``metric`` (MLflow's URL parameters; which columns
+    show is kept by the UI itself and cannot be set by URL)."""
+    query = urllib.parse.urlencode(
+        {"searchFilter": trial_query(parent_id), "orderByKey": f"metrics.`{metric}`",
+         "orderByAsc": "true" if mode == "min" else "false"}, quote_via=urllib.parse.quote)
+    return f"{ui_address(tracking_uri)}/#/experiments/{experiment_id}?{query}"
+
+
+def report_location(client: MlflowClient, parent_id: str) -> str:
+    """The search's HTML report: a local path when the artifacts are files, else its URI."""
+    root = client.get_run(parent_id).info.artifact_uri.rstrip("/")
+    uri = f"{root}/report/search_report.html"
+    if uri.startswith("file://"):
+        return urllib.parse.unquote(urllib.parse.urlparse(uri).path)
+    return redact(uri)
+
+
 def finish_parent(client: MlflowClient, parent_id: str, cfg: SpaceConfig,
                   best: TrialRow | None, interrupted: bool) -> None:
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    link = trials_link(cfg.tracking_uri, experiment_id, parent_id, cfg.search.metric,
+                       cfg.search.mode)
+    client.set_tag(parent_id, DESCRIPTION,
+                   f"The trials of this search, best first: [trials, sorted by "
+                   f"{cfg.search.metric}]({link}). The report: `report/search_report.html` in "
+                   "this run's artifacts.")
     if best is not None and best.run_id:
         client.set_tag(parent_id, BEST_RUN, best.run_id)
     if interrupted:

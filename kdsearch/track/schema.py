@@ -27,6 +27,7 @@ TRIAL_ID = "kdsearch.trial_id"
 EPOCHS_RUN = "kdsearch.epochs_run"
 BEST_RUN = "kdsearch.best_run_id"
 ERROR = "kdsearch.error"
+DESCRIPTION = "mlflow.note.content"  # a run's description in the MLflow UI (Markdown)
 TRIAL_SPACE = "trial_space.yaml"  # a trial's own space file: trains exactly that trial
 RESOLVED_SPACE = "resolved_space.yaml"  # the search's space file, paths resolved
 #: MLflow returns at most this many runs per query; a search has far fewer trials.

@@ -34,6 +34,36 @@ def test_bad_search_spaces_name_the_path(
     assert any(p.startswith(expected) for p in found), found
 
 
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"search.num_sampels": 3}, "search.num_sampels: unknown key (did you mean 'num_samples'?)"),
+    ({"student.backbon": "tiny3d"}, "student.backbon: unknown key (did you mean 'backbone'?)"),
+    ({"search.scheduler": {"name": "asha", "grace_perid": 2}},
+     "search.scheduler.grace_perid: unknown key (did you mean 'grace_period'?)"),
+    ({"search.space.alpha": {"type": "unifrom", "low": 0, "high": 1}},
+     "search.space.alpha.type: 'unifrom' is not one of uniform, loguniform, int, choice "
+     "(did you mean 'uniform'?)"),
+    ({"search.sampler": "tpx"},
+     "search.sampler: 'tpx' input should be one of tpe, random, cmaes, qmc (did you mean 'tpe'?)"),
+    ({"search.space.alhpa": {"type": "uniform", "low": 0, "high": 1}},
+     "search.space.alhpa: unknown setting (searchable: alpha, temperature, lr, backbone, "
+     "weight_decay, momentum, batch_size, optimizer) (did you mean 'alpha'?)"),
+    ({"teacher.model": "smal3d"}, "teacher.model: 'smal3d' is not a registered teacher"),
+])
+def test_misspelt_names_get_the_closest_valid_one(tmp_path: Path, changes: dict,
+                                                  expected: str) -> None:
+    found = problems(write_space(tmp_path, **changes))
+    assert expected in found or any(p.startswith(expected) for p in found), found
+    if "teacher.model" in changes:
+        (line,) = [p for p in found if p.startswith("teacher.model")]
+        assert line.endswith("(did you mean 'small3d'?)")
+
+
+def test_a_huge_bad_value_is_quoted_short(tmp_path: Path) -> None:
+    path = write_space(tmp_path, **{"experiment.name": "a b " * 30_000})
+    (line,) = problems(path)
+    assert line.startswith("experiment.name: 'a b a b") and len(line) < 300
+
+
 def test_cmaes_refuses_a_space_with_a_choice(tmp_path: Path) -> None:
     found = search_problems(tmp_path, sampler="cmaes")
     assert found == ["search.space.backbone: is a choice; search.sampler 'cmaes' needs a "

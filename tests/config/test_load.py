@@ -149,6 +149,15 @@ def test_ucf101_space_file_reads_index_labels(tmp_path: Path) -> None:
         ("YoYo/v_YoYo_g01_c01.avi", "YoYo")]
 
 
+def test_a_value_from_set_says_so(tmp_path: Path) -> None:
+    path = write_space(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_space(path, ["search.num_samples=0", "student.epochs=3"], cwd=tmp_path)
+    (line,) = info.value.problems
+    assert line.startswith("search.num_samples: 0 input should be greater than or equal")
+    assert line.endswith("(from --set search.num_samples=0)")
+
+
 def sampled(alpha: float, temperature: float, lr: float, backbone: str) -> dict[str, Any]:
     return {"alpha": alpha, "temperature": temperature, "lr": lr, "backbone": backbone}
 

@@ -33,8 +33,16 @@ def test_search_records_every_trial_in_mlflow(tmp_path: Path) -> None:
     proc = run_cli(tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
-    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}" in proc.stdout
+    # Every command printed runs as printed: through this interpreter, activated or not.
+    assert (f"{sys.executable} -m mlflow ui --backend-store-uri sqlite:///"
+            f"{tmp_path / 'mlflow.db'}") in proc.stdout
+    assert f"{sys.executable} -m kdsearch.best --experiment tiny" in proc.stdout
+    assert "Ray: a private local Ray, 1 node, " in proc.stdout
     assert "trials 4/4 done" in proc.stderr
+    assert "4 trials, best first, ranked by val_acc at the last epoch:" in proc.stdout
+    (report,) = [line.split(":", 1)[1].strip() for line in proc.stdout.splitlines()
+                 if line.startswith("the report:")]
+    assert Path(report).is_file() and Path(report).name == "search_report.html"
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tiny")
@@ -58,6 +66,14 @@ def test_search_records_every_trial_in_mlflow(tmp_path: Path) -> None:
         expected = "completed" if epochs == 2 else "pruned"
         assert run.data.tags["kdsearch.status"] == expected
         assert {"train_ce", "train_kd", "val_video_acc", "val_loss"} <= set(run.data.metrics)
+    # The printed link opens this search's trials, filtered and sorted; the parent run's
+    # description holds it too.
+    link = (f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}?searchFilter="
+            f"tags.%60mlflow.parentRunId%60%20%3D%20%27{parent.info.run_id}%27%20and%20"
+            "tags.%60kdsearch.role%60%20%3D%20%27trial%27&orderByKey=metrics.%60val_acc%60"
+            "&orderByAsc=false")
+    assert link in proc.stdout
+    assert link in parent.data.tags["mlflow.note.content"]
     best_id = parent.data.tags["kdsearch.best_run_id"]
     best = client.get_run(best_id)
     assert best.data.tags["kdsearch.status"] == "completed"

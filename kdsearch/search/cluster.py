@@ -1,0 +1,84 @@
+"""Which Ray a search runs on, and what it has.
+
+A search starts its own private local Ray unless ``--address`` or ``RAY_ADDRESS`` names a
+cluster: ``ray.init()`` without an address would join whatever cluster was last started on
+the machine (``/tmp/ray/ray_current_cluster``), a stranger's included.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import ray
+
+from kdsearch.config import ConfigError, SpaceConfig
+from kdsearch.storage import redact
+from kdsearch.text import plural
+
+
+def init_ray(cfg: SpaceConfig, address: str | None, say: Any = print) -> SpaceConfig:
+    """Join the cluster at ``address``/RAY_ADDRESS, else start a private local Ray, and say
+    which in one line.
+
+    Returns the configuration trials run with: GPUs asked of a cluster without any are an
+    error, or with ``resources.allow_cpu`` a warning and CPU trials.
+    """
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # The legacy reporter honours verbose=0; kdsearch draws its own progress line.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Snapshots after every checkpoint are what a resume relies on (search.tuner).
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False,
+                              "configure_logging": True}
+    address = address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():  # a caller (a notebook, a test) already connected
+        where = "the Ray this process started"
+    elif address:
+        ray.init(address=address, **kwargs)
+        where = f"the Ray cluster at {redact(address)}"
+    else:
+        ray.init(address="local", include_dashboard=False, **kwargs)
+        where = "a private local Ray"
+    say(f"Ray: {where}, {describe_cluster()}")
+    return _fit_gpus(cfg, say)
+
+
+def describe_cluster() -> str:
+    """``1 node, 2 CPUs, 0 GPUs``: what the connected Ray has now."""
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    resources = ray.cluster_resources()
+    return (f"{plural(nodes, 'node')}, {plural(resources.get('CPU', 0), 'CPU')}, "
+            f"{plural(resources.get('GPU', 0), 'GPU')}")
+
+
+def _fit_gpus(cfg: SpaceConfig, say: Any) -> SpaceConfig:
+    gpus = ray.cluster_resources().get("GPU", 0)
+    wanted = cfg.resources.gpus_per_trial
+    if wanted > 0 and gpus == 0 and (most := _autoscaler_max_gpus()):
+        say(f"no GPU node is up yet; the autoscaler can add up to {most:g} GPUs and trials "
+            "wait for them")
+        return cfg
+    if wanted > 0 and gpus == 0:
+        if not cfg.resources.allow_cpu:
+            raise ConfigError([f"resources.gpus_per_trial: {wanted} asks for GPUs but the Ray "
+                               "cluster has none; set it to 0, or resources.allow_cpu: true "
+                               "to train on CPUs"])
+        say(f"warning: resources.gpus_per_trial is {wanted} but the Ray cluster has no GPU; "
+            "trials run on CPUs (resources.allow_cpu)")
+        return cfg.model_copy(update={"resources": cfg.resources.model_copy(
+            update={"gpus_per_trial": 0})})
+    return cfg
+
+
+def _autoscaler_max_gpus() -> float:
+    """GPUs the cluster's autoscaler may add (GPU worker groups scaled to zero), 0 when
+    unknown. Ray has no public API for this; its private one may move between releases."""
+    try:
+        from ray._private.state import state
+
+        most = state.get_max_resources_from_cluster_config() or {}
+    except Exception:  # noqa: BLE001 - any failure means "unknown", never a crash
+        return 0.0
+    return float(most.get("GPU", 0))
