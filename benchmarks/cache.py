@@ -19,8 +19,9 @@ crop 64, batch 8, alpha 0.5, temperature 4, AdamW as the space file's defaults, 
   and running the teacher on it) is timed on its own and not part of any epoch;
 * (c) the limit: the very batches (b) reads in each epoch (the same clips in the same order
   with the same cached logits, and the same validation batches) copied into RAM beforehand,
-  fed to ``train_one_epoch`` and ``evaluate`` with a student built, seeded and optimised as
-  ``fit`` builds it, followed by the scheduler step and checkpoint save ``fit`` does.
+  fed to ``kdsearch.train.loop.train_epochs`` (the loop ``fit`` runs: training, evaluation,
+  scheduler step) with a student built, seeded and optimised as ``fit`` builds it, and after
+  every epoch the checkpoint ``fit`` saves (``kdsearch.models.checkpoints.save_student``).
 
 An epoch of (a) and (b) is the time between two consecutive ``report`` calls of ``fit``: the
 student's forward, KD loss, backward and step over every training video once, evaluation over
@@ -73,9 +74,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kdsearch.config import SpaceConfig  # noqa: E402
+from kdsearch.config import SpaceConfig, searched_values, trial_student  # noqa: E402
 from kdsearch.config.load import load_space  # noqa: E402
 from kdsearch.data.dataset import DatasetSplits, load_dataset, prepare_data  # noqa: E402
+from kdsearch.models import build_model  # noqa: E402
+from kdsearch.models.checkpoints import save_student  # noqa: E402
 from kdsearch.testing import write_tiny_space  # noqa: E402
 from kdsearch.train.cache import (  # noqa: E402
     META,
@@ -87,15 +90,13 @@ from kdsearch.train.cache import (  # noqa: E402
     prepare_cache,
 )
 from kdsearch.train.loop import (  # noqa: E402
-    build_model,
-    evaluate,
     make_optimizer,
     pick_device,
     to_channels_last,
-    train_one_epoch,
+    train_epochs,
 )
 from kdsearch.train.teacher import prepare_teacher  # noqa: E402
-from kdsearch.train.trial import CHECKPOINT_FILE, TrialContext, TrialSettings, fit  # noqa: E402
+from kdsearch.train.trial import TrialContext, fit  # noqa: E402
 
 SAMPLED = {"alpha": 0.5, "temperature": 4.0}
 MB = 1024 * 1024
@@ -138,17 +139,38 @@ class MemoryResult:
     epoch_seconds: list[float]  # per trial
 
 
+#: --smoke: a tiny set and student, every side and the memory test, in well under a minute.
+SMOKE = {"pairs": [("small3d", "tiny3d")], "train_per_class": 2, "val_per_class": 1,
+         "video_size": 32, "video_frames": 16, "num_frames": 4, "stride": 2, "crop_size": 16,
+         "views": 1, "batch_size": 4, "epochs": 2, "build_threads": 1, "mem_crop": 16,
+         "mem_views": 1, "mem_epochs": 2, "mem_online_epochs": 1}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     if args.child:
         _child(args.child, args.threads)
         return
+    if args.smoke and args.root is None:
+        with tempfile.TemporaryDirectory(prefix="kdsearch-cache-smoke-") as tmp:
+            _run(args, Path(tmp))
+        return
+    _run(args, args.root or Path(tempfile.gettempdir()) / (
+        f"kdsearch-cache-bench-{args.train_per_class}x{args.val_per_class}-"
+        f"{args.video_size}px-{args.video_frames}f"))
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = _parser()
+    if parser.parse_args(argv).smoke:  # the smoke settings, unless given on the command line
+        parser.set_defaults(**SMOKE)
+    return parser.parse_args(argv)
+
+
+def _run(args: argparse.Namespace, root: Path) -> None:
     started = time.perf_counter()
     load_before = os.getloadavg()
     torch.set_num_threads(args.threads)
-    root = args.root or Path(tempfile.gettempdir()) / (
-        f"kdsearch-cache-bench-{args.train_per_class}x{args.val_per_class}-"
-        f"{args.video_size}px-{args.video_frames}f")
     print(f"set and storage {root}: 4 classes x ({args.train_per_class} train + "
           f"{args.val_per_class} val) synthetic videos, {args.video_size}x{args.video_size}, "
           f"{args.video_frames} frames")
@@ -161,11 +183,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"load average before: {_load(load_before)}\n", flush=True)
     results = [_time_pair(args, root, pair) for pair in args.pairs]
     _report_times(results)
+    memory: list[MemoryResult] = []
     if not args.skip_memory:
         memory, cache_bytes, clips_bytes = _memory(args, root, args.pairs[0])
         _report_memory(memory, args, args.pairs[0], cache_bytes, clips_bytes)
     print(f"\nload average after: {_load(os.getloadavg())}; whole run "
           f"{time.perf_counter() - started:.0f} s")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"pairs": [dataclasses.asdict(r) for r in results],
+                                         "memory": [dataclasses.asdict(m) for m in memory]},
+                                        indent=1))
+        print(f"wrote {args.json}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -205,6 +234,11 @@ def _parser() -> argparse.ArgumentParser:
     add("--skip-memory", action="store_true", help="time only")
     add("--skip-online-memory", action="store_true", help="measure memory of cached trials "
         "only")
+    add("--json", type=Path, help="also write every measured value to this JSON file")
+    add("--smoke", action="store_true", help="tiny settings (a small3d -> tiny3d pair, 8 "
+        "videos of 32x32, 2 epochs, every side and the memory test) in a temporary --root "
+        "removed afterwards: checks that the benchmark runs, measures nothing; other options "
+        "still apply")
     add("--child", type=Path, help=argparse.SUPPRESS)
     return parser
 
@@ -250,7 +284,7 @@ def _space(args: argparse.Namespace, root: Path, pair: tuple[str, str], crop: in
 @dataclasses.dataclass(frozen=True)
 class Prepared:
     data: DatasetSplits
-    teacher: Path
+    teacher: Path | str  # the saved teacher: a file, or a URI
     location: str  # what prepare_cache returned: what trials get
     cache: Path  # the local folder
     build_seconds: float
@@ -322,10 +356,10 @@ def _fit_run(ctx: TrialContext) -> Run:
 
 
 def _limit_run(ctx: TrialContext) -> Run:
-    """fit's epoch loop over (b)'s batches held in RAM: what a free loader would give."""
+    """fit's epochs over (b)'s batches held in RAM: what a free loader would give."""
     assert ctx.cache is not None
     cfg = ctx.cfg
-    settings = TrialSettings.resolve(cfg.student, SAMPLED)
+    settings = trial_student(cfg.student, SAMPLED)
     epochs = cfg.student.epochs
     cache = ClipCache.open(ctx.cache)
     source = CachedTrainBatches(cache, settings.batch_size, cfg.search.seed)
@@ -334,30 +368,32 @@ def _limit_run(ctx: TrialContext) -> Run:
     train = {epoch: list(source.epoch(epoch)) for epoch in range(1, epochs + 1)}
     val = list(CachedValBatches(cache, settings.batch_size))
     del source, cache
-    # From here on as fit does it, so that both start from the same weights.
+    # From here on as fit does it, so that both start from the same weights and run the same
+    # loop (kdsearch.train.loop.train_epochs) with the same checkpoint after every epoch.
     torch.manual_seed(cfg.search.seed)
     device = pick_device(cfg.resources.gpus_per_trial)
-    speed = {"bf16": cfg.student.bf16, "channels_last": cfg.student.channels_last}
     student = build_model(settings.backbone, len(ctx.classes), cfg.student.weights, "student")
     student = to_channels_last(student.to(device), device, cfg.student.channels_last)
     optimizer = make_optimizer(student.parameters(), settings.optimizer, settings.lr,
                                settings.weight_decay, settings.momentum)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    seconds, losses = [], []
-    for epoch in range(1, epochs + 1):
-        start = time.perf_counter()
-        metrics = train_one_epoch(student, train[epoch], optimizer, device, None,
-                                  settings.alpha, settings.temperature, **speed)
-        metrics.update(evaluate(student, val, device, ctx.classes, **speed))
-        schedule.step()
+    stamps = [time.perf_counter()]
+    losses: list[float] = []
+
+    def done(epoch: int, _lr: float, metrics: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory(prefix="kdsearch-bench-ckpt-") as tmp:
-            torch.save({"epoch": epoch, "student": student.state_dict(),
-                        "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                        "settings": dataclasses.asdict(settings), "classes": list(ctx.classes)},
-                       Path(tmp) / CHECKPOINT_FILE)
-            seconds.append(time.perf_counter() - start)
-        losses.append(metrics["train_loss"])
-    return Run(seconds, losses)
+            save_student(Path(tmp), epoch=epoch, student=student, optimizer=optimizer,
+                         schedule=schedule, settings=searched_values(settings),
+                         classes=ctx.classes)
+            stamps.append(time.perf_counter())
+        losses.append(float(metrics["train_loss"]))
+
+    train_epochs(student, optimizer, schedule, train_batches=train.__getitem__,
+                 val_batches=val, device=device, classes=ctx.classes, epochs=epochs,
+                 alpha=settings.alpha, temperature=settings.temperature,
+                 bf16=cfg.student.bf16, channels_last=cfg.student.channels_last,
+                 on_epoch=done)
+    return Run([b - a for a, b in zip(stamps, stamps[1:], strict=False)], losses)
 
 
 def _report_times(results: list[PairResult]) -> None:

@@ -62,13 +62,29 @@ class SetShape:
         return round(self.seconds * self.fps)
 
 
+#: --smoke: a tiny set and a few clips through every side, in seconds.
+SMOKE = {"videos": 4, "width": 64, "height": 48, "seconds": 2, "fps": 8,
+         "keyframe_seconds": 1, "clips": 16, "num_frames": 4, "stride": 2, "crop_size": 32,
+         "workers": 1, "batch_size": 4, "repeats": 1}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    if parser.parse_args(argv).smoke:  # the smoke settings, unless given on the command line
+        parser.set_defaults(**SMOKE)
+    args = parser.parse_args(argv)
     shape = SetShape(args.videos, args.width, args.height, args.seconds, args.fps,
                      args.keyframe_seconds)
-    root = args.root or Path(tempfile.gettempdir()) / (
+    if args.smoke and args.root is None:
+        with tempfile.TemporaryDirectory(prefix="kdsearch-loader-smoke-") as tmp:
+            _run(args, shape, Path(tmp))
+        return
+    _run(args, shape, args.root or Path(tempfile.gettempdir()) / (
         f"kdsearch-loader-bench-{shape.videos}x{shape.width}x{shape.height}-"
-        f"{shape.seconds:g}s-{shape.fps}fps-k{shape.keyframe_seconds:g}")
+        f"{shape.seconds:g}s-{shape.fps}fps-k{shape.keyframe_seconds:g}"))
+
+
+def _run(args: argparse.Namespace, shape: SetShape, root: Path) -> None:
     videos, folders = _prepare(root, shape)
     span = (args.num_frames - 1) * args.stride + 1
     rng = np.random.default_rng(args.seed)
@@ -123,6 +139,9 @@ def _parser() -> argparse.ArgumentParser:
         "(default 2)")
     add("--seed", type=int, default=0, help="seed of the clip list (default 0)")
     add("--skip-naive", action="store_true", help="skip decoding from the start")
+    add("--smoke", action="store_true", help="tiny settings (4 videos of 64x48, 2 s at 8 fps; "
+        "16 clips; 1 process; 1 repeat) in a temporary --root removed afterwards: checks "
+        "that the benchmark runs, measures nothing; other options still apply")
     return parser
 
 

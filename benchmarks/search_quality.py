@@ -16,12 +16,16 @@ of one seed), metric ``val_acc``/max, ``max_concurrent_trials=--concurrency``,
 
 Methods, all over the same space and seed (the seed is the sampler's and the noise's):
 
-* ``random``: Optuna's RandomSampler through ``kdsearch.search.sampler.make_searcher``, no scheduler:
-  every trial trains ``--max-t`` epochs;
+* ``random``: Optuna's RandomSampler through ``kdsearch.search.sampler.make_searcher``, no
+  scheduler: every trial trains ``--max-t`` epochs;
 * ``random+asha``: the same with ASHA;
 * ``tpe``: ``make_searcher`` with TPE (Optuna's TPESampler defaults, seeded), no scheduler;
-* ``optuna+asha``: stock ``ray.tune.search.optuna.OptunaSearch`` with the same seeded
-  TPESampler, and ASHA. It tells Optuna COMPLETE for trials ASHA stopped early;
+* ``optuna+asha``: Ray's stock ``OptunaSearch`` feedback with the same seeded TPESampler, and
+  ASHA. It tells Optuna COMPLETE for trials ASHA stopped early. The searcher is
+  ``stock_feedback.StockFeedbackOptunaSearch`` (``make_searcher`` with Ray's own
+  ``on_trial_result`` and ``on_trial_complete``); given the same results it proposes the
+  same configurations as ``ray.tune.search.optuna.OptunaSearch`` over the same distributions
+  and sampler, which the documented runs used (``tests/test_benchmarks.py`` checks that);
 * ``kdsearch+asha``: ``make_searcher`` (``FidelityAwareOptunaSearch``: PRUNED for trials ASHA
   stopped early) with TPE, and ASHA: kdsearch's default.
 
@@ -101,10 +105,10 @@ import numpy as np  # noqa: E402
 import ray  # noqa: E402
 import sim_objective as sim  # noqa: E402
 from ray import tune  # noqa: E402
-from ray.tune.search.optuna import OptunaSearch  # noqa: E402
+from stock_feedback import stock_searcher  # noqa: E402
 
 from kdsearch.config import Search  # noqa: E402
-from kdsearch.search.sampler import make_sampler, make_searcher, optuna_space  # noqa: E402
+from kdsearch.search.sampler import make_searcher  # noqa: E402
 
 METHODS = ("random", "random+asha", "tpe", "optuna+asha", "kdsearch+asha")
 REFERENCE = "random"
@@ -213,8 +217,7 @@ def _searcher(method: str, seed: int, max_t: int) -> Any:
     search = Search.model_validate({"space": sim.SPACE, "seed": seed, "sampler": sampler,
                                     "metric": "val_acc", "mode": "max"})
     if method == "optuna+asha":
-        return OptunaSearch(space=optuna_space(search), metric="val_acc", mode="max",
-                            sampler=make_sampler(search))
+        return stock_searcher(search, max_t)
     return make_searcher(search, max_t)
 
 
@@ -611,6 +614,11 @@ def overhead(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------- main
 
 
+#: --smoke: one seed, a budget of 2 trials of 4 epochs, 2 at a time; a tiny overhead fit.
+SMOKE = {"seeds": 1, "budget_trials": 2, "max_t": 4, "concurrency": 2, "reference_extend": 2,
+         "overhead_trials": 3, "overhead_results": 2, "overhead_repeats": 1}
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, default=10)
@@ -627,12 +635,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reuse-actors", type=int, choices=(0, 1), default=1)
     p.add_argument("--epoch-seconds", type=float, default=0.0,
                    help="sleep per simulated epoch (0: epochs cost nothing)")
-    p.add_argument("--out", type=Path, default=HERE.parent / "docs")
+    p.add_argument("--out", type=Path, help="where the pages and plots go (default docs/; "
+                   "with --smoke a temporary folder, removed afterwards)")
     p.add_argument("--suffix", default="", help="appended to the output files' names")
     p.add_argument("--overhead", action="store_true", help="measure Tune's overhead instead")
     p.add_argument("--overhead-trials", type=int, default=60)
     p.add_argument("--overhead-results", type=int, default=32)
     p.add_argument("--overhead-repeats", type=int, default=3)
+    p.add_argument("--smoke", action="store_true", help="tiny settings (1 seed, budget 2 x 4 "
+                   "epochs, concurrency 2; with --overhead 3 trials x 2 results, 1 repeat): "
+                   "checks that the benchmark runs, measures nothing; other options still "
+                   "apply")
+    if p.parse_args(argv).smoke:  # the smoke settings, unless given on the command line
+        p.set_defaults(**SMOKE)
     args = p.parse_args(argv)
     args.reuse_actors = bool(args.reuse_actors)
     return args
@@ -640,10 +655,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.overhead:
-        overhead(args)
-    else:
-        quality(args)
+    run = overhead if args.overhead else quality
+    if args.out is not None or not args.smoke:
+        args.out = args.out or HERE.parent / "docs"
+        run(args)
+        return
+    with tempfile.TemporaryDirectory(prefix="kdsearch-search-quality-smoke-") as tmp:
+        args.out = Path(tmp)
+        run(args)
 
 
 if __name__ == "__main__":

@@ -186,7 +186,22 @@ def describe(max_t: int = MAX_T, n: int = 200_000, seed: int = 0) -> dict[str, f
     return out
 
 
-if __name__ == "__main__":
-    print(optimum())
-    for key, val in describe().items():
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="The objective's optimum and properties "
+                                     "(the module docstring's numbers).")
+    parser.add_argument("--max-t", type=int, default=MAX_T, help=f"epochs (default {MAX_T})")
+    parser.add_argument("--samples", type=int, help="uniform draws for the share of the space "
+                        "near the optimum (default 200000; 20000 with --smoke)")
+    parser.add_argument("--smoke", action="store_true", help="20000 draws: checks that it "
+                        "runs (the optimum is the same, the shares rounder)")
+    args = parser.parse_args(argv)
+    samples = args.samples or (20_000 if args.smoke else 200_000)
+    print(optimum(args.max_t))
+    for key, val in describe(args.max_t, samples).items():
         print(f"{key:>22} {val:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -16,6 +16,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from kdsearch.testing import mlflow_server, screenshot_runs
+from kdsearch.track.schema import trial_query
 
 COLUMNS = ("Dataset", "Source",  # toggled off: they only take room
            "val_acc", "val_video_acc", "alpha", "temperature", "lr", "backbone",
@@ -33,12 +34,12 @@ def main() -> None:
     experiment = client.get_experiment_by_name(args.experiment)
     if experiment is None:
         sys.exit(f"error: no experiment {args.experiment!r} in {args.store}")
-    (best,) = client.search_runs([experiment.experiment_id], "tags.`kdsearch.role` = 'trial'",
+    (best,) = client.search_runs([experiment.experiment_id], trial_query(),
                                  order_by=["metrics.val_acc DESC"], max_results=1)
     with mlflow_server(args.store) as url:
         screenshot_runs(url, experiment.experiment_id, [best.info.run_name], args.out,
                         width=1600, height=720, order_by="metrics.`val_acc`",
-                        columns=COLUMNS, search_filter="tags.`kdsearch.role` = 'trial'")
+                        columns=COLUMNS, search_filter=trial_query())
     print(f"wrote {args.out}")
 
 
