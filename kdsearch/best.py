@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import math
 import os
 import sys
 import tempfile
@@ -26,12 +25,14 @@ from kdsearch.track.schema import (
     MAX_RESULTS,
     RESOLVED_SPACE,
     ROLE,
+    SEARCH_QUERY,
     STATUS,
     TRIAL_ID,
     TRIAL_SPACE,
     Status,
     finite,
     ranked,
+    standard_error,
     trial_runs,
 )
 
@@ -110,7 +111,7 @@ def choose_search(client: Any, experiment_id: str, name: str, search_id: str | N
         if run.info.experiment_id != experiment_id or run.data.tags.get(ROLE) != "search":
             raise BestError(f"--search {search_id}: not a search of experiment {name!r}")
         return run
-    searches = client.search_runs([experiment_id], f"tags.`{ROLE}` = 'search'",
+    searches = client.search_runs([experiment_id], SEARCH_QUERY,
                                   order_by=["attributes.start_time DESC"],
                                   max_results=MAX_RESULTS)
     if not searches:
@@ -176,9 +177,7 @@ def noise_note(ranked: Sequence[Candidate], metric: str, n_val: float | None) ->
     best, others = ranked[0], ranked[1:]
     if not others:
         return "only one completed trial: nothing to compare the best with."
-    p = best.value
-    se = (math.sqrt(p * (1 - p) / n_val) if metric != "val_loss" and n_val and 0 <= p <= 1
-          else None)
+    se = standard_error(metric, best.value, n_val)
     tied = [c for c in others if c.value == best.value]
     near = [c for c in others if se and abs(c.value - best.value) <= se]
     if near:

@@ -29,6 +29,7 @@ def _loaded_after(module: str, heavy: tuple[str, ...]) -> list[str]:
 @pytest.mark.parametrize(("module", "forbidden"), [
     ("kdsearch", ("torch", "ray", "mlflow")),
     ("kdsearch.best", ("torch", "ray")),
+    ("kdsearch.init", ("torch", "ray", "mlflow")),
     ("kdsearch.config", ("torch", "ray", "mlflow")),
     ("kdsearch.track.report", ("torch", "ray")),
     ("kdsearch.track.schema", ("torch", "ray", "mlflow")),
@@ -131,11 +132,16 @@ def test_training_imports_neither_search_nor_tracking() -> None:
 
 
 def test_lower_layers_import_no_higher_one() -> None:
-    for low in ("kdsearch.storage", "kdsearch.config", "kdsearch.data", "kdsearch.models"):
+    for low in ("kdsearch.storage", "kdsearch.text", "kdsearch.config", "kdsearch.data",
+                "kdsearch.models"):
         for high in ("kdsearch.train", "kdsearch.search", "kdsearch.track", "kdsearch.run",
-                     "kdsearch.best"):
+                     "kdsearch.best", "kdsearch.init"):
             assert _importers(high, low) == []
+    for middle in ("kdsearch.train", "kdsearch.search", "kdsearch.track"):
+        for top in ("kdsearch.run", "kdsearch.best", "kdsearch.init"):
+            assert _importers(top, middle) == []
     assert [t for t in GRAPH["kdsearch.storage"]] == []
+    assert [t for t in GRAPH["kdsearch.text"]] == []
 
 
 def test_the_package_never_imports_its_test_helpers() -> None:

@@ -46,7 +46,7 @@ from kdsearch.track.runs import (
     trial_statuses,
     trials_link,
 )
-from kdsearch.track.schema import Status, TrialRow, best_row, rank_rows
+from kdsearch.track.schema import Status, TrialRow, best_row, rank_rows, small_val_warning
 from kdsearch.train.trial import TrialContext
 
 
@@ -92,6 +92,8 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
         _mention_unfinished(cfg, say)
     prepare_data(cfg.data)
     data = load_dataset(cfg.data, cfg.student.clip, local_dir(cfg.storage, "indexes"), log=say)
+    if (warning := small_val_warning(cfg.search.metric, len(data.val))) is not None:
+        say(f"warning: {warning}")
     as_given = cfg.model_dump(mode="json")  # what --resume compares its space file with
     cfg = init_ray(cfg, address, say)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no table-migration chatter
@@ -117,7 +119,7 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
         callbacks = [MLflowTrials(client, experiment_id, parent_id, cfg, data.classes,
                                   redacted_config(cfg)),
                      Progress(cfg.search.metric, cfg.search.mode, cfg.student.epochs,
-                              cfg.search.num_samples)]
+                              cfg.search.num_samples, start=start)]
         write_record(cfg, record)
         say(f"search: {cfg.search.num_samples} trials, {cfg.search.max_concurrent} at a time "
             f"({redact(join(searches_root(cfg), record.name))})")

@@ -13,15 +13,18 @@ from kdsearch.track.schema import Status, error_message, ranked, status_of
 
 
 class Progress(Callback):
-    """Counts trials by state and keeps the best value seen; redraws one line on a terminal."""
+    """Counts trials by state and keeps the best completed trial, ranked as everywhere else
+    (its value at the last epoch); redraws one line on a terminal. The clock counts from
+    ``start`` (``time.monotonic()``; default: now), the start of the whole search."""
 
     def __init__(self, metric: str, mode: str, max_t: int, total: int,
-                 stream: TextIO = sys.stderr, every: float = 1.0) -> None:
+                 stream: TextIO = sys.stderr, every: float = 1.0,
+                 start: float | None = None) -> None:
         self.metric, self.mode, self.max_t, self.total = metric, mode, max_t, total
         self.stream = stream
         self.tty = stream.isatty()
         self.every = every if self.tty else 30.0
-        self.start = time.monotonic()
+        self.start = time.monotonic() if start is None else start
         self.last_draw = 0.0
         self.counts = {s.value: 0 for s in (Status.COMPLETED, Status.PRUNED, Status.FAILED)}
         self.last: dict[str, float] = {}  # trial id -> value at its latest epoch
@@ -40,8 +43,8 @@ class Progress(Callback):
         elapsed = int(time.monotonic() - self.start)
         c = self.counts
         best = self.best()
-        best_text = (f"best completed {self.metric} {best[1]:.3f} ({best[0]})" if best
-                     else f"best completed {self.metric} -")
+        what = f"best completed {self.metric} at the last epoch"
+        best_text = f"{what} {best[1]:.3f} ({best[0]})" if best else f"{what} -"
         return (f"[{elapsed // 60:02d}:{elapsed % 60:02d}] trials {sum(c.values())}/{self.total}"
                 f" done: {self.running} running, {c['completed']} completed, {c['pruned']} "
                 f"pruned, {c['failed']} failed | {best_text}")

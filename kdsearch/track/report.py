@@ -37,8 +37,6 @@ from kdsearch.search.space import fitted, optuna_space
 from kdsearch.track.plots import PLOT_NAMES, attempt, draw_png, plots_of
 from kdsearch.track.schema import STATUS_ORDER, Status, ranked
 
-_attempt = attempt  # the name the report's tests know
-
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 

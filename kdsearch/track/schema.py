@@ -58,6 +58,10 @@ STATUS_ORDER = (Status.COMPLETED, Status.PRUNED, Status.INTERRUPTED, Status.RUNN
                 Status.FAILED)
 
 
+#: The MLflow filter for the parent runs of searches.
+SEARCH_QUERY = f"tags.`{ROLE}` = 'search'"
+
+
 def trial_query(parent_id: str | None = None, *, status: Status | None = None,
                 trial_id: str | None = None) -> str:
     """The MLflow filter for the trial runs of search ``parent_id`` (any search when None)."""
@@ -85,6 +89,34 @@ def finite(value: Any) -> float | None:
         return None
     value = float(value)
     return value if math.isfinite(value) else None
+
+
+#: An accuracy's standard error above this cannot separate trials a few points apart: the
+#: validation set is called too small when it is exceeded at an accuracy of 0.5.
+NOISY_SE = 0.05
+
+
+def standard_error(metric: str, value: float | None, n_val: float | None) -> float | None:
+    """One binomial standard error, sqrt(p (1 - p) / n), of ``metric`` at ``value`` measured on
+    ``n_val`` validation videos; None for ``val_loss`` (no such estimate) or without a count."""
+    if metric == "val_loss" or not n_val or n_val <= 0:
+        return None
+    p = finite(value)
+    if p is None or not 0.0 <= p <= 1.0:
+        return None
+    return math.sqrt(p * (1.0 - p) / n_val)
+
+
+def small_val_warning(metric: str, n_val: int) -> str | None:
+    """A warning when ``n_val`` validation videos are too few to separate trials by
+    ``metric`` (one standard error at 0.5 above ``NOISY_SE``); None when they suffice."""
+    se = standard_error(metric, 0.5, n_val)
+    if se is None or se <= NOISY_SE:
+        return None
+    needed = math.ceil(0.25 / NOISY_SE**2)
+    return (f"only {n_val} validation video{'' if n_val == 1 else 's'}: one standard error of "
+            f"{metric} is up to {se:.3f}, so trials closer than that are not told apart by "
+            f"this set; {needed} or more validation videos bring it under {NOISY_SE}")
 
 
 T = TypeVar("T")
