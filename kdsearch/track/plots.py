@@ -1,6 +1,7 @@
-"""The plots of the search report: Optuna's matplotlib and plotly plots (optimization history,
-learning curves, parallel coordinates, parameter importances) and a hand-drawn map of alpha
-against temperature, each drawn from an in-memory Optuna study. A plot that cannot be drawn is
+"""The plots of the search report: the optimization history (every trial in the order trials
+started, pruned ones at their value when stopped), Optuna's matplotlib and plotly plots
+(learning curves, parallel coordinates, parameter importances) and a map of alpha against
+temperature, each drawn from an in-memory Optuna study. A plot that cannot be drawn is
 logged and left out (:func:`attempt`), never an error."""
 
 from __future__ import annotations
@@ -57,11 +58,10 @@ def plots_of(study: optuna.Study, search: Search) -> list[Plot]:
     varying = [name for name in params
                if len({repr(t.params[name]) for t in complete if name in t.params}) > 1]
     plots = []
-    if complete:
-        plots.append(Plot(
-            "optimization_history", f"{metric} by trial",
-            lambda: _figure(vm.plot_optimization_history(study, target_name=metric)),
-            lambda: vp.plot_optimization_history(study, target_name=metric)))
+    history = _history(study, search)
+    if history is not None:
+        plots.append(Plot("optimization_history", history.title,
+                          lambda: _history_png(history), lambda: _history_plotly(history)))
     if curves:
         asha = " (short lines: stopped early by ASHA)" if search.scheduler.name == "asha" else ""
         plots.append(Plot(
@@ -122,6 +122,86 @@ def _curves_axes(ax: Any, metric: str, study: optuna.Study) -> Any:
     if legend is not None and len(legend.get_texts()) > 12:
         legend.remove()
     return ax
+
+
+@dataclasses.dataclass(frozen=True)
+class _History:
+    """Every trial with a value, in the order trials started (the study's order): completed
+    ones at their final value, pruned ones at their value when stopped; and the best completed
+    value so far after each trial."""
+
+    title: str
+    metric: str
+    completed: list[tuple[int, float, str]]  # (position from 1, value, trial_id)
+    pruned: list[tuple[int, float, str]]
+    best_so_far: list[tuple[int, float]]  # from the first completed trial on
+
+
+def _history(study: optuna.Study, search: Search) -> _History | None:
+    completed: list[tuple[int, float, str]] = []
+    pruned: list[tuple[int, float, str]] = []
+    best_so_far: list[tuple[int, float]] = []
+    better = max if search.mode == "max" else min
+    best: float | None = None
+    for position, trial in enumerate(study.get_trials(deepcopy=False), start=1):
+        trial_id = str(trial.user_attrs.get("trial_id", trial.number))
+        if trial.state == TrialState.COMPLETE and (value := finite(trial.value)) is not None:
+            completed.append((position, value, trial_id))
+            best = value if best is None else better(best, value)
+        elif trial.state == TrialState.PRUNED and trial.last_step is not None:
+            last = finite(trial.intermediate_values[trial.last_step])
+            if last is not None:
+                pruned.append((position, last, trial_id))
+        if best is not None:
+            best_so_far.append((position, best))
+    if not completed and not pruned:
+        return None
+    return _History(f"{search.metric} by trial, in the order the trials started",
+                    search.metric, completed, pruned, best_so_far)
+
+
+def _history_png(h: _History) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 5.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if h.pruned:
+        ax.scatter([p[0] for p in h.pruned], [p[1] for p in h.pruned], s=18, c="0.6",
+                   label="pruned (value when stopped)")
+    if h.completed:
+        ax.scatter([p[0] for p in h.completed], [p[1] for p in h.completed], s=36,
+                   c="tab:blue", label="completed")
+    if h.best_so_far:
+        ax.step([p[0] for p in h.best_so_far], [p[1] for p in h.best_so_far], where="post",
+                c="tab:red", label="best completed so far")
+    ax.set(title=h.title, xlabel="trial (in the order started)", ylabel=h.metric)
+    ax.legend(loc="best", fontsize=8)
+    return fig
+
+
+def _history_plotly(h: _History) -> go.Figure:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    if h.pruned:
+        fig.add_trace(go.Scatter(x=[p[0] for p in h.pruned], y=[p[1] for p in h.pruned],
+                                 mode="markers", name="pruned (value when stopped)",
+                                 text=[p[2] for p in h.pruned],
+                                 marker={"size": 7, "color": "lightgrey"}))
+    if h.completed:
+        fig.add_trace(go.Scatter(x=[p[0] for p in h.completed], y=[p[1] for p in h.completed],
+                                 mode="markers", name="completed",
+                                 text=[p[2] for p in h.completed], marker={"size": 9}))
+    if h.best_so_far:
+        fig.add_trace(go.Scatter(x=[p[0] for p in h.best_so_far],
+                                 y=[p[1] for p in h.best_so_far], mode="lines",
+                                 line={"shape": "hv", "color": "red"},
+                                 name="best completed so far"))
+    fig.update_layout(title=h.title, xaxis_title="trial (in the order started)",
+                      yaxis_title=h.metric, legend={"orientation": "h", "y": -0.2})
+    return fig
 
 
 _Point = tuple[float, float, float, str]

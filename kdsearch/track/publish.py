@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from kdsearch.config import SpaceConfig, searched_values, trial_student
 from kdsearch.models import Normalized
 from kdsearch.models.checkpoints import STUDENT_FILE, load_student
-from kdsearch.track.report import TrialRecord, write_report
+from kdsearch.track.report import SearchFacts, TrialRecord, write_report
 from kdsearch.track.schema import Status, TrialRow, best_row, trial_runs
 
 MODEL_NAME = "student"  # the logged model's name inside the best trial's run
@@ -38,7 +38,7 @@ def publish(client: MlflowClient, cfg: SpaceConfig, classes: tuple[str, ...],
     best = best_row([r for r in rows if r.run_id], cfg.search.mode)
     steps: list[tuple[str, Callable[[], None]]] = [
         ("the trials table and plots",
-         lambda: log_report(client, cfg, experiment_id, parent_id, rows)),
+         lambda: log_report(client, cfg, experiment_id, parent_id, rows, classes)),
         ("the top trials' checkpoints", lambda: log_checkpoints(client, cfg, rows)),
     ]
     if best is not None:
@@ -65,15 +65,28 @@ def trial_records(client: MlflowClient, cfg: SpaceConfig, experiment_id: str, pa
             row.run_id, cfg.search.metric)} if run and row.run_id else {})
         params = {k: v for k, v in row.config.items() if k in cfg.search.space}
         records.append(TrialRecord(row.trial_id, row.run_id, row.status, row.epochs, params,
-                                   metrics, history))
+                                   metrics, history, run.info.start_time if run else None))
     return records
 
 
+def search_facts(client: MlflowClient, cfg: SpaceConfig, parent_id: str,
+                 classes: Sequence[str]) -> SearchFacts:
+    """The report's headline facts, from what the search logged on its parent run."""
+    logged = client.get_run(parent_id).data.metrics
+
+    def count(name: str) -> int | None:
+        return None if name not in logged else int(logged[name])
+
+    return SearchFacts(cfg.teacher.model, logged.get(f"teacher_{cfg.search.metric}"),
+                       len(classes), count("data_train_videos"), count("data_val_videos"))
+
+
 def log_report(client: MlflowClient, cfg: SpaceConfig, experiment_id: str, parent_id: str,
-               rows: Sequence[TrialRow]) -> None:
+               rows: Sequence[TrialRow], classes: Sequence[str]) -> None:
     records = trial_records(client, cfg, experiment_id, parent_id, rows)
     with tempfile.TemporaryDirectory(prefix="kdsearch-report-") as tmp:
-        write_report(records, cfg.search, Path(tmp))
+        write_report(records, cfg.search, Path(tmp),
+                     search_facts(client, cfg, parent_id, classes))
         client.log_artifacts(parent_id, tmp, "report")
 
 

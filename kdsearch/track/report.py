@@ -35,7 +35,14 @@ from optuna.trial import FrozenTrial, TrialState
 from kdsearch.config import Search
 from kdsearch.search.space import fitted, optuna_space
 from kdsearch.track.plots import PLOT_NAMES, attempt, draw_png, plots_of
-from kdsearch.track.schema import STATUS_ORDER, Status, ranked
+from kdsearch.track.schema import (
+    STATUS_ORDER,
+    Status,
+    finite,
+    ranked,
+    small_val_warning,
+    standard_error,
+)
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -57,6 +64,23 @@ class TrialRecord:
     params: dict[str, Any]  # sampled values, keys of search.space (failed trials may miss some)
     metrics: dict[str, float]  # final metrics ("val_acc", "val_class_acc.kick", ...); may be empty
     history: dict[int, float]  # epoch -> value of search.metric at that epoch
+    started: float | None = None  # when it started (any clock; only the order counts)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchFacts:
+    """What the report's headline says besides the trials; None where unknown."""
+
+    teacher: str | None = None  # the teacher's model name
+    teacher_value: float | None = None  # the teacher's search.metric on the validation set
+    classes: int | None = None
+    train_videos: int | None = None
+    val_videos: int | None = None
+
+
+#: Fewer completed trials than this and the importances and comparisons carry a warning:
+#: fANOVA-style importances from a dozen points are mostly noise.
+FEW_TRIALS = 20
 
 
 def final_value(record: TrialRecord, metric: str) -> float | None:
@@ -68,8 +92,15 @@ def final_value(record: TrialRecord, metric: str) -> float | None:
 
 # --- the study ------------------------------------------------------------------------------
 
+def in_start_order(records: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """The records in the order their trials started; those without a start time last, in
+    the order given."""
+    return sorted(records, key=lambda r: (r.started is None, r.started or 0.0))
+
+
 def study_from_records(records: Sequence[TrialRecord], search: Search) -> optuna.Study:
-    """An in-memory study with one trial per record, in the records' order.
+    """An in-memory study with one trial per record, in the order the trials started
+    (``in_start_order``).
 
     completed -> COMPLETE (value: ``final_value``), pruned -> PRUNED, anything else -> FAIL.
     As in the searcher, a completed trial without a finite value is FAIL. Every record is
@@ -79,7 +110,7 @@ def study_from_records(records: Sequence[TrialRecord], search: Search) -> optuna
     study = optuna.create_study(direction="maximize" if search.mode == "max" else "minimize",
                                 sampler=optuna.samplers.RandomSampler(seed=0))
     space = optuna_space(search)
-    for record in records:
+    for record in in_start_order(records):
         study.add_trial(_frozen_trial(record, search.metric, space))
     return study
 
@@ -160,8 +191,10 @@ def _as_int(value: Any) -> int | None:
 
 # --- the files ------------------------------------------------------------------------------
 
-def write_report(records: Sequence[TrialRecord], search: Search, out_dir: Path) -> list[Path]:
-    """Write the table, the plots that make sense and the HTML page into ``out_dir``.
+def write_report(records: Sequence[TrialRecord], search: Search, out_dir: Path,
+                 facts: SearchFacts | None = None) -> list[Path]:
+    """Write the table, the plots that make sense and the HTML page into ``out_dir``;
+    ``facts`` fill the page's headline (teacher, data) beside what the records tell.
 
     Returns the written paths: trials.parquet, trials.csv, plots/<name>.png for each plot
     drawn, search_report.html. A plot that cannot be drawn is logged and left out.
@@ -173,46 +206,132 @@ def write_report(records: Sequence[TrialRecord], search: Search, out_dir: Path) 
     written = [out_dir / "trials.parquet", out_dir / "trials.csv"]
     pq.write_table(table, written[0])
     pa_csv.write_csv(table, written[1])
-    figures: list[tuple[str, go.Figure]] = []
+    figures: list[tuple[str, str, go.Figure]] = []
     for plot in plots_of(study_from_records(records, search), search):
         png = draw_png(plot, plot_dir / f"{plot.name}.png")
         if png is not None:
             written.append(png)
         interactive = attempt(plot.name, plot.html)
         if interactive is not None:
-            figures.append((plot.title, interactive))
+            figures.append((plot.name, plot.title, interactive))
     for name in PLOT_NAMES:
         stale = plot_dir / f"{name}.png"
         if stale not in written:
             stale.unlink(missing_ok=True)
     page = out_dir / "search_report.html"
-    page.write_text(_page(records, search, table, figures), encoding="utf-8")
+    page.write_text(_page(records, search, table, figures, facts or SearchFacts()),
+                    encoding="utf-8")
     return [*written, page]
 
 
+#: The plots that compare trials or settings: a warning goes beside them when the search
+#: cannot tell its trials apart.
+COMPARISONS = ("parallel_coordinate", "param_importances", "alpha_temperature",
+               "metric_vs_alpha", "metric_vs_temperature")
+#: The table's columns shown at first; the rest are one click away.
+KEY_COLUMNS = ("rank", "trial_id", "status", "epochs")
+
+_STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1200px}"
+          "table{border-collapse:collapse;font-size:13px}"
+          "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
+          ".headline{font-size:15px;background:#f4f6f8;padding:0.6em 1em;border-radius:6px}"
+          ".warning{color:#8a4b00;background:#fff4e0;padding:0.4em 0.8em;border-radius:4px}")
+
+
 def _page(records: Sequence[TrialRecord], search: Search, table: pa.Table,
-          figures: list[tuple[str, go.Figure]]) -> str:
+          figures: list[tuple[str, str, go.Figure]], facts: SearchFacts) -> str:
+    warnings = caveats(records, search, facts)
+    sections = []
+    for i, (name, title, fig) in enumerate(figures):
+        note = ([f"<p class='warning'>{html.escape(w)}</p>" for w in warnings]
+                if name in COMPARISONS else [])
+        sections.append("\n".join([f"<h2>{html.escape(title)}</h2>", *note, fig.to_html(
+            include_plotlyjs=i == 0, full_html=False, default_height="520px")]))
+    title = f"kdsearch report: {search.metric} ({search.mode}), {len(records)} trials"
+    key = [name for name in table.column_names
+           if name in KEY_COLUMNS or name == search.metric or name.startswith("param.")]
+    return "\n".join([
+        "<!DOCTYPE html>", "<html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>", f"<style>{_STYLE}</style>",
+        "</head><body>", f"<h1>{html.escape(title)}</h1>",
+        _headline(records, search, facts), *sections,
+        "<h2>trials, best first</h2>", _html_table(table.select(key), strip="param."),
+        f"<details><summary>every column ({table.num_columns}: run ids, every final metric; "
+        "also in trials.csv and trials.parquet)</summary>", _html_table(table), "</details>",
+        "</body></html>"])
+
+
+def caveats(records: Sequence[TrialRecord], search: Search, facts: SearchFacts) -> list[str]:
+    """Why the comparisons of this search may not tell its trials apart: too few completed
+    trials, too few validation videos; empty when neither."""
+    found = []
+    done = sum(r.status == Status.COMPLETED for r in records)
+    if done < FEW_TRIALS:
+        found.append(f"Only {done} completed trial{'' if done == 1 else 's'}: importances "
+                     "and patterns read from so few trials are rough guesses; "
+                     f"{FEW_TRIALS} or more make them worth reading.")
+    if (warning := _small_val(search, facts)) is not None:
+        found.append(warning)
+    return found
+
+
+def _small_val(search: Search, facts: SearchFacts) -> str | None:
+    if facts.val_videos is None:
+        return None
+    warning = small_val_warning(search.metric, facts.val_videos)
+    return None if warning is None else warning[0].upper() + warning[1:] + "."
+
+
+def _headline(records: Sequence[TrialRecord], search: Search, facts: SearchFacts) -> str:
+    """The best configuration and its value with its noise, the teacher, the data and the
+    trials by status, in a few lines."""
+    lines = []
+    best = next((r for r in _ranked(records, search) if r.status == Status.COMPLETED
+                 and finite(final_value(r, search.metric)) is not None), None)
+    if best is None:
+        lines.append("No trial completed: there is no best configuration.")
+    else:
+        value = final_value(best, search.metric)
+        se = standard_error(search.metric, value, facts.val_videos)
+        noise = (f" ± {se:.3f} (one standard error on {facts.val_videos} validation videos)"
+                 if se is not None else "")
+        settings = ", ".join(f"{name} {_cell(best.params[name])}" for name in search.space
+                             if name in best.params)
+        lines.append(f"<b>Best: trial {html.escape(best.trial_id)}</b>, {search.metric} "
+                     f"<b>{value:.4f}</b>{noise}" +
+                     (f", with {html.escape(settings)}." if settings else "."))
+    if facts.teacher is not None:
+        teacher = (f"{search.metric} {facts.teacher_value:.4f}"
+                   if facts.teacher_value is not None else "no value recorded")
+        lines.append(f"Teacher {html.escape(facts.teacher)}: {teacher}.")
+    counts = [f"{facts.classes} classes" if facts.classes is not None else None,
+              f"{facts.train_videos} training videos" if facts.train_videos is not None
+              else None,
+              f"{facts.val_videos} validation videos" if facts.val_videos is not None
+              else None]
+    if any(counts):
+        lines.append("Data: " + ", ".join(c for c in counts if c) + ".")
+    lines.append(f"Trials: {html.escape(_status_counts(records))}.")
+    if search.metric != "val_loss" and facts.val_videos:
+        lines.append(f"A difference of one validation video is {1 / facts.val_videos:.3f} "
+                     f"of {search.metric}.")
+    body = "".join(f"<p>{line}</p>" for line in lines)
+    warning = _small_val(search, facts)
+    notes = f"<p class='warning'>{html.escape(warning)}</p>" if warning else ""
+    return f"<section class='headline'>{body}{notes}</section>"
+
+
+def _status_counts(records: Sequence[TrialRecord]) -> str:
     counts = {status: sum(r.status == status for r in records) for status in STATUSES}
     others = len(records) - sum(counts.values())
     summary = ", ".join(f"{n} {status}" for status, n in counts.items()
                         if n or status in (Status.COMPLETED, Status.PRUNED, Status.FAILED))
-    summary += f", {others} other" if others else ""
-    sections = [f"<h2>{html.escape(title)}</h2>\n" +
-                fig.to_html(include_plotlyjs=i == 0, full_html=False, default_height="520px")
-                for i, (title, fig) in enumerate(figures)]
-    title = f"kdsearch report: {search.metric} ({search.mode}), {len(records)} trials"
-    return "\n".join([
-        "<!DOCTYPE html>", "<html><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title>",
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;"
-        "font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}</style>",
-        "</head><body>", f"<h1>{html.escape(title)}</h1>",
-        f"<p class='summary'>Trials: {html.escape(summary)}.</p>", *sections,
-        "<h2>trials, best first</h2>", _html_table(table), "</body></html>"])
+    return summary + (f", {others} other" if others else "")
 
 
-def _html_table(table: pa.Table) -> str:
-    head = "".join(f"<th>{html.escape(name)}</th>" for name in table.column_names)
+def _html_table(table: pa.Table, strip: str = "") -> str:
+    head = "".join(f"<th>{html.escape(name.removeprefix(strip))}</th>"
+                   for name in table.column_names)
     rows = ["<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row.values()) + "</tr>"
             for row in table.to_pylist()]
     return "\n".join(["<table>", f"<tr>{head}</tr>", *rows, "</table>"])

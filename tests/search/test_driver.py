@@ -53,6 +53,15 @@ def test_search_records_every_trial_in_mlflow(tmp_path: Path) -> None:
     assert len(trials) == 4
     assert teacher.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert "val_acc" in teacher.data.metrics
+    # A tiny validation set is called out when the search starts, and in the report.
+    n_val = int(parent.data.metrics["data_val_videos"])
+    assert f"warning: only {n_val} validation videos: one standard error" in proc.stdout
+    page = Path(report).read_text(encoding="utf-8")
+    headline = page[page.index("<section class='headline'>"):page.index("</section>")]
+    assert f"Teacher small3d: val_acc {teacher.data.metrics['val_acc']:.4f}." in headline
+    assert (f"{int(parent.data.metrics['data_train_videos'])} training videos, {n_val} "
+            "validation videos.") in headline
+    assert "Trials: " in headline and f"Only {n_val} validation videos" in headline
     statuses = {r.data.tags["kdsearch.status"] for r in trials}
     assert statuses <= {"completed", "pruned"} and "completed" in statuses
     for run in trials:

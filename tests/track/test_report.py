@@ -3,7 +3,10 @@ HTML page."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import re
 from pathlib import Path
 
 import optuna
@@ -13,7 +16,14 @@ import pyarrow.parquet as pq
 import pytest
 from optuna.trial import TrialState
 
-from kdsearch.track.report import TrialRecord, study_from_records, trials_table, write_report
+from kdsearch.track.report import (
+    FEW_TRIALS,
+    SearchFacts,
+    TrialRecord,
+    study_from_records,
+    trials_table,
+    write_report,
+)
 
 from .records import (
     ALL_PLOTS,
@@ -156,7 +166,8 @@ def test_html_inlines_plotly_once_with_one_div_per_plot(
 @pytest.mark.parametrize(("space", "records", "plots"), [
     pytest.param(None, [], set(), id="no-records"),
     pytest.param(None, RECORDS[10:], set(), id="all-failed"),
-    pytest.param(None, RECORDS[6:10], {"learning_curves"}, id="all-pruned"),
+    pytest.param(None, RECORDS[6:10], {"optimization_history", "learning_curves"},
+                 id="all-pruned"),
     pytest.param(None, RECORDS[:1], {"optimization_history", "learning_curves",
                                      "alpha_temperature"}, id="one-completed"),
     pytest.param({"alpha": FULL_SPACE["alpha"]}, RECORDS,
@@ -192,3 +203,98 @@ def test_rewriting_a_directory_drops_plots_no_longer_drawn(
     paths = write_report(RECORDS[:1], make_search(), out)
     assert {p.stem for p in (out / "plots").glob("*.png")} == written_plots(paths)
     assert "param_importances" not in written_plots(paths)
+
+
+# --- the page a person reads ----------------------------------------------------------------
+
+FACTS = SearchFacts(teacher="small3d", teacher_value=0.86, classes=4, train_videos=400,
+                    val_videos=30)
+
+
+def _figure(page: str, title: str) -> list[dict]:
+    """The traces of the plotly figure under the heading ``title``, read from the page."""
+    start = page.index(f"<h2>{title}</h2>")
+    call = page.index("Plotly.newPlot(", start)
+    data = page.index("[", page.index(",", call))
+    traces, _ = json.JSONDecoder().raw_decode(page, data)
+    return traces
+
+
+def _section(page: str, title: str) -> str:
+    """The page from the heading ``title`` to the figure under it."""
+    start = page.index(f"<h2>{title}</h2>")
+    return page[start:page.index("<div", start)]
+
+
+def test_headline_best_configuration_noise_teacher_data_and_trials(tmp_path: Path) -> None:
+    page = write_report(RECORDS, make_search(), tmp_path, FACTS)[-1].read_text()
+    headline = re.search(r"<section class='headline'>(.*?)</section>", page, re.S)
+    assert headline is not None
+    text = re.sub(r"<[^>]+>", " ", headline.group(1))
+    text = re.sub(r"\s+", " ", text)
+    # c3 is the best (0.80); one binomial standard error on 30 videos: sqrt(.8 * .2 / 30).
+    se = math.sqrt(0.8 * 0.2 / 30)
+    assert (f"Best: trial c3 , val_acc 0.8000 ± {se:.3f} (one standard error on 30 validation "
+            "videos), with alpha 0.31, temperature 5.4, lr 0.004, backbone x3d_xs.") in text
+    assert "Teacher small3d: val_acc 0.8600." in text
+    assert "Data: 4 classes, 400 training videos, 30 validation videos." in text
+    assert "Trials: 6 completed, 4 pruned, 2 failed." in text
+    assert "Only 30 validation videos" in text  # 30 cannot separate trials 5 points apart
+
+
+def test_headline_without_a_completed_trial_or_facts(tmp_path: Path) -> None:
+    page = write_report(RECORDS[6:], make_search(), tmp_path)[-1].read_text()
+    headline = page[page.index("<section class='headline'>"):page.index("</section>")]
+    assert "No trial completed: there is no best configuration." in headline
+    assert "Trials: 0 completed, 4 pruned, 2 failed." in headline
+    assert "Teacher" not in headline and "Data:" not in headline  # not known: not said
+
+
+def test_history_in_start_order_with_pruned_trials_at_their_last_value(tmp_path: Path) -> None:
+    # Started in an order unlike the ranking: the pruned p1 first, then c0, c3, p0, c1.
+    order = ["p1", "c0", "c3", "p0", "c1"]
+    records = [dataclasses.replace(r, started=float(order.index(r.trial_id)))
+               for r in RECORDS if r.trial_id in order]
+    page = write_report(records[::-1], make_search(), tmp_path, FACTS)[-1].read_text()
+    traces = {t["name"]: t for t in _figure(page, "val_acc by trial, in the order the trials "
+                                                  "started")}
+    pruned = traces["pruned (value when stopped)"]
+    assert (pruned["text"], pruned["x"], pruned["y"]) == (["p1", "p0"], [1, 4], [0.40, 0.30])
+    done = traces["completed"]
+    assert (done["text"], done["x"], done["y"]) == (["c0", "c3", "c1"], [2, 3, 5],
+                                                    [0.61, 0.80, 0.74])
+    best = traces["best completed so far"]
+    assert (best["x"], best["y"]) == ([2, 3, 4, 5], [0.61, 0.80, 0.80, 0.80])
+
+
+def test_compact_table_first_every_column_on_demand(tmp_path: Path) -> None:
+    page = write_report(RECORDS, make_search(), tmp_path, FACTS)[-1].read_text()
+    compact = page.index("<h2>trials, best first</h2>")
+    details = page.index("<details>", compact)
+    heads = re.findall(r"<th>([^<]*)</th>", page[compact:details])
+    assert heads == ["rank", "trial_id", "status", "epochs", "val_acc", "alpha", "temperature",
+                     "lr", "backbone"]
+    rows = re.findall(r"<tr><td>\d+</td><td>([^<]*)</td>", page[compact:details])
+    assert rows == BEST_FIRST
+    full = re.findall(r"<th>([^<]*)</th>", page[details:])
+    assert len(full) == trials_table(RECORDS, make_search()).num_columns
+    assert {"run_id", "metric.val_macro_f1", "param.alpha"} <= set(full)
+
+
+def test_comparisons_carry_a_warning_only_when_the_search_cannot_tell(tmp_path: Path) -> None:
+    comparisons = ("searched settings of the completed trials",
+                   "importance of each setting for val_acc",
+                   "alpha and temperature against val_acc")
+    page = write_report(RECORDS, make_search(), tmp_path / "few", FACTS)[-1].read_text()
+    for title in comparisons:
+        notes = re.findall(r"<p class='warning'>([^<]*)</p>", _section(page, title))
+        assert notes[0].startswith("Only 6 completed trials: importances")
+        assert notes[1].startswith("Only 30 validation videos: one standard error")
+    history = _section(page, "val_acc by trial, in the order the trials started")
+    assert "warning" not in history  # not a comparison of settings
+
+    many = [completed(f"c{i:02d}", 0.5 + i / 100, i % 5) for i in range(FEW_TRIALS)]
+    enough = dataclasses.replace(FACTS, val_videos=400)
+    page = write_report(many, make_search(), tmp_path / "many", enough)[-1].read_text()
+    assert "class='warning'" not in page
+    assert "Best: trial c19</b>" in page
