@@ -59,9 +59,10 @@ class DatasetSplits:
         return {name: [getattr(issue, name) for issue in self.issues] for name in fields}
 
 
-def prepare_data(data: Data) -> Path:
+def prepare_data(data: Data, log: Log | None = None) -> Path:
     """Make sure the dataset exists on disk (generating the synthetic one if asked, copying
-    one in an object store to this node's disk); the local folder holding it."""
+    one in an object store to this node's disk); the local folder holding it. ``log`` hears
+    the progress of long work."""
     if is_uri(data.root):
         if data.format == "synthetic":
             raise ConfigError([f"data.root: {storage.redact(data.root)!r} is a URI, but format "
@@ -72,7 +73,7 @@ def prepare_data(data: Data) -> Path:
         s = data.synthetic
         generate_synthetic(root, train_per_class=s.train_per_class,
                            val_per_class=s.val_per_class, num_frames=s.num_frames,
-                           size=s.size, fps=s.fps, seed=s.seed)
+                           size=s.size, fps=s.fps, seed=s.seed, log=log)
     return root
 
 

@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -45,8 +46,10 @@ Trajectory = Callable[[np.random.Generator, Array, "_Scene"], tuple[Array, Array
 
 
 def generate_synthetic(root: Path, *, train_per_class: int, val_per_class: int,
-                       num_frames: int = 32, size: int = 64, fps: int = 16, seed: int = 0) -> Path:
-    """Write ``<root>/{train,val}/<class>/<video>.mp4`` unless ``root`` already holds this set.
+                       num_frames: int = 32, size: int = 64, fps: int = 16, seed: int = 0,
+                       log: Callable[[str], None] | None = None) -> Path:
+    """Write ``<root>/{train,val}/<class>/<video>.mp4`` unless ``root`` already holds this set;
+    ``log`` (when given) hears what is generated and how far it got, every 10 s or so.
 
     ``<root>/synthetic.json`` records the parameters and is written last. A root holding a set
     with other parameters is replaced; a non-empty root without the marker is never touched.
@@ -64,7 +67,7 @@ def generate_synthetic(root: Path, *, train_per_class: int, val_per_class: int,
     tmp.chmod(0o755)  # mkdtemp's private 0700 would otherwise become the data set's mode
     try:
         _logger.info("generating synthetic videos in %s%s", root, _changes(old, params))
-        _write_set(tmp, params)
+        _write_set(tmp, params, root, log or (lambda message: None))
         _install(tmp, root, params)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -169,8 +172,14 @@ def _install(tmp: Path, root: Path, params: dict[str, Any]) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_set(directory: Path, params: dict[str, Any]) -> None:
+def _write_set(directory: Path, params: dict[str, Any], root: Path,
+               log: Callable[[str], None]) -> None:
     counts = {"train": params["train_per_class"], "val": params["val_per_class"]}
+    total = len(SYNTHETIC_CLASSES) * sum(counts.values())
+    start = last = time.monotonic()
+    done = 0
+    log(f"generating the synthetic set in {root}: {total} videos of {params['size']}x"
+        f"{params['size']}, {params['num_frames']} frames (once; later runs reuse it)")
     for split_id, split in enumerate(_SPLITS):
         for class_id, action in enumerate(SYNTHETIC_CLASSES):
             folder = directory / split / action
@@ -181,6 +190,12 @@ def _write_set(directory: Path, params: dict[str, Any]) -> None:
                 frames = _render_video(action, np.random.default_rng(key),
                                       params["num_frames"], params["size"])
                 write_video(folder / f"{action}_{index:04d}.mp4", frames, params["fps"])
+                done += 1
+                if time.monotonic() - last > 10:
+                    last = time.monotonic()
+                    log(f"generating the synthetic set: {done}/{total} videos written")
+    log(f"generating the synthetic set: {total} videos written in "
+        f"{time.monotonic() - start:.1f}s")
     (directory / _MARKER).write_text(json.dumps(params, indent=2) + "\n")
 
 

@@ -90,7 +90,7 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
     prior = search_to_resume(cfg, resume) if resume else None
     if prior is None:
         _mention_unfinished(cfg, say)
-    prepare_data(cfg.data)
+    prepare_data(cfg.data, log=say)
     data = load_dataset(cfg.data, cfg.student.clip, local_dir(cfg.storage, "indexes"), log=say)
     if (warning := small_val_warning(cfg.search.metric, len(data.val))) is not None:
         say(f"warning: {warning}")

@@ -163,3 +163,16 @@ def test_classes_differ_in_motion_but_not_in_single_frames(synthetic_root: Path)
     assert _f_statistic([s["motion"] for s in stats.values()]) > 50
     assert stats["run"]["motion"].mean() > 1.5 * stats["walk"]["motion"].mean()
     assert stats["kick"]["motion"].mean() < stats["walk"]["motion"].mean()
+
+
+def test_generation_says_what_it_writes_and_when_it_is_done(tmp_path: Path) -> None:
+    said: list[str] = []
+    root = generate_synthetic(tmp_path / "set", **SMALL, log=said.append)
+    total = len(list(root.rglob("*.mp4")))
+    assert said[0] == (f"generating the synthetic set in {root}: {total} videos of "
+                       f"{SMALL['size']}x{SMALL['size']}, {SMALL['num_frames']} frames (once; "
+                       "later runs reuse it)")
+    assert said[-1].startswith(f"generating the synthetic set: {total} videos written in ")
+    said.clear()
+    generate_synthetic(tmp_path / "set", **SMALL, log=said.append)
+    assert said == []  # reused: nothing to say
