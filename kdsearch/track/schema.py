@@ -119,6 +119,35 @@ def small_val_warning(metric: str, n_val: int) -> str | None:
             f"this set; {needed} or more validation videos bring it under {NOISY_SE}")
 
 
+def rank_correlation(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Spearman's rank correlation of ``a`` and ``b`` (ties share their mean rank); None when
+    it is undefined (fewer than two pairs, or either side constant)."""
+    if len(a) != len(b):
+        raise ValueError(f"rank_correlation: {len(a)} values against {len(b)}")
+    if len(a) < 2:
+        return None
+    ra, rb = _ranks(a), _ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
+    va = sum((x - ma) ** 2 for x in ra)
+    vb = sum((y - mb) ** 2 for y in rb)
+    if va == 0 or vb == 0:
+        return None
+    return cov / math.sqrt(va * vb)
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    start = 0
+    for end in range(1, len(order) + 1):
+        if end == len(order) or values[order[end]] != values[order[start]]:
+            for i in order[start:end]:
+                ranks[i] = (start + end - 1) / 2
+            start = end
+    return ranks
+
+
 T = TypeVar("T")
 
 
