@@ -12,6 +12,7 @@ from kdsearch.config.load import final_space, load_space
 from kdsearch.config.schema import (
     PRETRAINED,
     SEARCHABLE,
+    Agreement,
     Asha,
     Choice,
     Clip,
@@ -36,7 +37,7 @@ from kdsearch.config.schema import (
 )
 
 __all__ = [
-    "PRETRAINED", "SEARCHABLE", "Asha", "Choice", "Clip", "ConfigError", "Data",
+    "PRETRAINED", "SEARCHABLE", "Agreement", "Asha", "Choice", "Clip", "ConfigError", "Data",
     "Experiment", "HyperBand", "IntRange", "LogUniform", "Median", "NoScheduler", "Resources",
     "Search", "SpaceConfig", "Student", "Teacher", "Tracking", "Uniform", "WarmStart",
     "final_space", "format_validation_error", "load_space", "search_space_problems",

@@ -238,6 +238,20 @@ class Median(_Model):
     min_samples_required: Annotated[int, Field(ge=1)] = 3
 
 
+class Agreement(_Model):
+    """ASHA that stops at a rung only once the search has seen that rung rank trials as the
+    final epoch does (rank correlation at least ``min_agreement`` over ``min_pairs`` trials
+    that reached both), and never a trial within one standard error of the metric (on the
+    validation videos) of the rung's cutoff (kdsearch.search.stopping)."""
+
+    name: Literal["agreement"]
+    grace_period: Annotated[int, Field(ge=1)] = 1
+    reduction_factor: Annotated[float, Field(ge=2)] = 2
+    min_agreement: Annotated[float, Field(ge=-1, le=1)] = 0.5
+    min_pairs: Annotated[int, Field(ge=2)] = 5
+    noise_margin: bool = True
+
+
 class NoScheduler(_Model):
     name: Literal["none"]
 
@@ -259,7 +273,7 @@ class Search(_Model):
                     "val_loss"] = "val_acc"
     mode: Literal["max", "min"] = "max"
     sampler: Literal["tpe", "random", "cmaes", "qmc"] = "tpe"
-    scheduler: Annotated[Asha | HyperBand | Median | NoScheduler,
+    scheduler: Annotated[Asha | HyperBand | Median | Agreement | NoScheduler,
                          Field(discriminator="name")] = Asha()
     # Configurations to train first (e.g. a paper's hand-picked alpha and temperature).
     points_to_evaluate: list[dict[str, str | int | float | bool]] = []

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from kdsearch.track.schema import rank_correlation
+from kdsearch.track.schema import rank_correlation, standard_error
 
 
 @dataclasses.dataclass
@@ -48,6 +48,18 @@ class RungRecord:
     agreement: float | None = None  # the last measured rank correlation with the final epoch
     pairs: int = 0  # trials it was measured over
     cutoff: float | None = None  # the last cutoff, in the metric's own sign
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseMargin:
+    """One binomial standard error of ``metric`` at a value, on ``n_val`` validation videos
+    (0 where there is no estimate); picklable, as Tune saves its scheduler."""
+
+    metric: str
+    n_val: int | None
+
+    def __call__(self, value: float) -> float:
+        return standard_error(self.metric, value, self.n_val) or 0.0
 
 
 def rungs_of(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:

@@ -9,16 +9,19 @@ from typing import Any
 from optuna.trial import FrozenTrial
 from ray import tune
 
-from kdsearch.config import Asha, HyperBand, Median, SpaceConfig
+from kdsearch.config import Agreement, Asha, HyperBand, Median, Search, SpaceConfig
 from kdsearch.search.resume import searches_root
 from kdsearch.search.sampler import make_searcher
+from kdsearch.search.stopping import AgreementASHA, NoiseMargin
 from kdsearch.search.trainable import make_trainable
 from kdsearch.storage import tune_storage
 from kdsearch.train.trial import TrialContext
 
 
-def make_scheduler(cfg: SpaceConfig) -> Any:
-    sched, max_t = cfg.search.scheduler, cfg.student.epochs
+def make_scheduler(search: Search, max_t: int, n_val: int | None = None) -> Any:
+    """The Tune scheduler ``search.scheduler`` names, for trials of ``max_t`` epochs judged
+    on ``n_val`` validation videos (the noise margin of ``agreement``); None for ``none``."""
+    sched = search.scheduler
     if isinstance(sched, Asha):
         return tune.schedulers.ASHAScheduler(
             time_attr="epoch", max_t=max_t, grace_period=sched.grace_period,
@@ -33,6 +36,12 @@ def make_scheduler(cfg: SpaceConfig) -> Any:
         return tune.schedulers.MedianStoppingRule(
             time_attr="epoch", grace_period=sched.grace_period,
             min_samples_required=sched.min_samples_required)
+    if isinstance(sched, Agreement):
+        return AgreementASHA(
+            metric=search.metric, mode=search.mode, max_t=max_t, grace_period=sched.grace_period,
+            reduction_factor=sched.reduction_factor, min_agreement=sched.min_agreement,
+            min_pairs=sched.min_pairs,
+            margin=NoiseMargin(search.metric, n_val) if sched.noise_margin else None)
     return None
 
 
@@ -53,7 +62,8 @@ def make_tuner(cfg: SpaceConfig, ctx: TrialContext, name: str, callbacks: list[A
         trainable,
         tune_config=tune.TuneConfig(
             metric=cfg.search.metric, mode=cfg.search.mode, search_alg=searcher,
-            scheduler=make_scheduler(cfg), num_samples=cfg.search.num_samples,
+            scheduler=make_scheduler(cfg.search, cfg.student.epochs, len(ctx.val)),
+            num_samples=cfg.search.num_samples,
             max_concurrent_trials=cfg.search.max_concurrent,
             # A finished trial's process runs the next one: no new Python, torch import or
             # CUDA context per trial (benchmarks/search_quality.py --overhead). Safe: a trial

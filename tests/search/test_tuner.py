@@ -17,17 +17,20 @@ from .helpers import MAX_T, search_of, space_with, tune_run
     ({"name": "asha", "grace_period": 1, "reduction_factor": 2}, True),
     ({"name": "hyperband", "grace_period": 1, "reduction_factor": 2, "brackets": 2}, True),
     ({"name": "median", "grace_period": 1, "min_samples_required": 2}, True),
+    # Every rung here ranks trials as the last epoch: once 2 trials show it, it stops.
+    ({"name": "agreement", "grace_period": 1, "reduction_factor": 2, "min_pairs": 2}, True),
     ({"name": "none"}, False)])
 def test_each_scheduler_drives_a_search(scheduler: dict[str, Any], stops_early: bool,
                                         ray_local: None, tmp_path: Path) -> None:
+    from kdsearch.search.stopping import AgreementASHA
     from kdsearch.search.tuner import make_scheduler
 
     cfg = space_with(tmp_path, scheduler=scheduler)
-    cfg = cfg.model_copy(update={"student": cfg.student.model_copy(update={"epochs": MAX_T})})
-    built = make_scheduler(cfg)
+    built = make_scheduler(cfg.search, MAX_T)  # no validation count: no noise margin
     expected = {"asha": tune.schedulers.ASHAScheduler,
                 "hyperband": tune.schedulers.ASHAScheduler,
-                "median": tune.schedulers.MedianStoppingRule}.get(scheduler["name"])
+                "median": tune.schedulers.MedianStoppingRule,
+                "agreement": AgreementASHA}.get(scheduler["name"])
     assert built is None if expected is None else isinstance(built, expected)
     if scheduler["name"] == "hyperband":
         # One bracket from epoch 1, one from epoch 2: rungs (milestones) per bracket.
