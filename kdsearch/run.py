@@ -86,6 +86,8 @@ def print_outcome(outcome: object, cfg: SpaceConfig) -> None:
         print(f"\nbest: {metric} {outcome.best.value:.3f}"
               + (f" with {settings}" if settings else "")
               + f" (MLflow run {outcome.best.run_id})")
+    for warning in outcome.warnings:
+        print(f"warning: {warning}")
     python = python_command()
     if not cfg.tracking_uri.startswith(("http://", "https://")):
         print(f"\nopen the results:  {python} -m mlflow ui --backend-store-uri "

@@ -61,6 +61,7 @@ class SearchOutcome:
     interrupted: bool  # stopped (Ctrl-C) before every trial finished
     trials_link: str = ""  # the MLflow UI page of the trials, best first
     report: str | None = None  # the HTML report, when the search wrote one
+    warnings: list[str] = dataclasses.field(default_factory=list)  # early stops to doubt
 
 
 def _rows(results: tune.ResultGrid, runs: dict[str, tuple[str, str]], cfg: SpaceConfig
@@ -130,8 +131,9 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
         best = best_row(rows, cfg.search.mode)
         interrupted = (sum(r.status != Status.INTERRUPTED for r in rows)
                        < cfg.search.num_samples)
+        warnings: list[str] = []
         if not interrupted:
-            publish(client, cfg, data.classes, experiment_id, parent_id, rows, say)
+            warnings = publish(client, cfg, data.classes, experiment_id, parent_id, rows, say)
         finish_parent(client, parent_id, cfg, best, interrupted)
         if not interrupted:
             mark_finished(cfg, record)
@@ -142,7 +144,7 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
                        cfg.search.mode)
     report = None if interrupted else report_location(client, parent_id)
     return SearchOutcome(experiment_id, parent_id, rows, best, teacher.metrics,
-                         time.monotonic() - start, interrupted, link, report)
+                         time.monotonic() - start, interrupted, link, report, warnings)
 
 
 def _warm_start(client: MlflowClient, cfg: SpaceConfig, say: Any) -> list[FrozenTrial]:

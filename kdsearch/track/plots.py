@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("kdsearch.track.report")
 
 #: Every file stem under plots/ the report may write (stale ones are removed).
-PLOT_NAMES = ("optimization_history", "learning_curves", "parallel_coordinate",
+PLOT_NAMES = ("optimization_history", "learning_curves", "epoch_agreement",
+              "parallel_coordinate",
               "param_importances", "alpha_temperature", "metric_vs_alpha",
               "metric_vs_temperature")
 
@@ -44,8 +45,10 @@ class Plot:
     html: Callable[[], go.Figure]
 
 
-def plots_of(study: optuna.Study, search: Search) -> list[Plot]:
-    """The plots this study can show, in page order."""
+def plots_of(study: optuna.Study, search: Search,
+             agreement: Sequence[Any] = ()) -> list[Plot]:
+    """The plots this study can show, in page order; ``agreement``: the
+    ``kdsearch.track.report.EpochAgreement`` of each epoch, drawn when any is defined."""
     from optuna.visualization import matplotlib as vm
 
     vp = optuna.visualization
@@ -69,6 +72,12 @@ def plots_of(study: optuna.Study, search: Search) -> list[Plot]:
             lambda: _figure(_curves_axes(vm.plot_intermediate_values(study), metric, study)),
             lambda: vp.plot_intermediate_values(study).update_layout(
                 xaxis_title="epoch", yaxis_title=metric)))
+    if any(a.rho is not None for a in agreement):
+        points = list(agreement)
+        plots.append(Plot("epoch_agreement", f"how well each epoch's {metric} ranked the "
+                          "completed trials as their last epoch did",
+                          lambda: _agreement_png(points, metric),
+                          lambda: _agreement_plotly(points, metric)))
     if len(complete) >= 2 and params:
         plots.append(Plot(
             "parallel_coordinate", "searched settings of the completed trials",
@@ -201,6 +210,46 @@ def _history_plotly(h: _History) -> go.Figure:
                                  name="best completed so far"))
     fig.update_layout(title=h.title, xaxis_title="trial (in the order started)",
                       yaxis_title=h.metric, legend={"orientation": "h", "y": -0.2})
+    return fig
+
+
+def _agreement_png(points: Sequence[Any], metric: str) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    shown = [p for p in points if p.rho is not None]
+    ax.plot([p.epoch for p in shown], [p.rho for p in shown], marker="o",
+            label="rank correlation with the last epoch")
+    stops = [p for p in shown if p.stopped]
+    if stops:
+        ax.scatter([p.epoch for p in stops], [p.rho for p in stops], s=140, facecolors="none",
+                   edgecolors="red", label="trials were stopped here")
+    ax.axhline(0.5, color="0.5", ls="--", lw=1, label="0.5: below, a poor judge")
+    ax.set(title=f"{metric}: each epoch against the last, over the completed trials",
+           xlabel="epoch", ylabel="Spearman rank correlation", ylim=(-1.05, 1.05))
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def _agreement_plotly(points: Sequence[Any], metric: str) -> go.Figure:
+    import plotly.graph_objects as go
+
+    shown = [p for p in points if p.rho is not None]
+    fig = go.Figure(go.Scatter(
+        x=[p.epoch for p in shown], y=[p.rho for p in shown], mode="lines+markers",
+        name="rank correlation with the last epoch",
+        text=[f"{p.trials} completed trials; {p.stopped} stopped here" for p in shown]))
+    stops = [p for p in shown if p.stopped]
+    if stops:
+        fig.add_trace(go.Scatter(x=[p.epoch for p in stops], y=[p.rho for p in stops],
+                                 mode="markers", name="trials were stopped here",
+                                 marker={"size": 16, "symbol": "circle-open", "color": "red"}))
+    fig.add_hline(y=0.5, line_dash="dash", line_color="grey")
+    fig.update_layout(xaxis_title="epoch", yaxis_title="Spearman rank correlation",
+                      yaxis_range=[-1.05, 1.05], legend={"orientation": "h", "y": -0.2})
     return fig
 
 

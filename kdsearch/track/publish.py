@@ -19,12 +19,19 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from kdsearch.config import SpaceConfig, searched_values, trial_student
 from kdsearch.models import Normalized
 from kdsearch.models.checkpoints import STUDENT_FILE, load_student
-from kdsearch.track.report import SearchFacts, TrialRecord, write_report
+from kdsearch.track.report import (
+    SearchFacts,
+    TrialRecord,
+    epoch_agreement,
+    unsafe_stops,
+    write_report,
+)
 from kdsearch.track.schema import Status, TrialRow, best_row, trial_runs
 
 MODEL_NAME = "student"  # the logged model's name inside the best trial's run
@@ -32,13 +39,25 @@ MODEL_NAME = "student"  # the logged model's name inside the best trial's run
 
 def publish(client: MlflowClient, cfg: SpaceConfig, classes: tuple[str, ...],
             experiment_id: str, parent_id: str, rows: Sequence[TrialRow],
-            say: Callable[[str], None]) -> None:
-    """Report, top-k checkpoints, registered best student. A step that fails is a warning:
-    the trials' results are already safe in MLflow and in Tune's storage."""
+            say: Callable[[str], None]) -> list[str]:
+    """Report, early-stopping check, top-k checkpoints, registered best student; returns the
+    warnings of the early-stopping check. A step that fails is a warning: the trials'
+    results are already safe in MLflow and in Tune's storage."""
     best = best_row([r for r in rows if r.run_id], cfg.search.mode)
+    records: list[TrialRecord] = []
+    warnings: list[str] = []
+
+    def report() -> None:
+        records.extend(trial_records(client, cfg, experiment_id, parent_id, rows))
+        log_report(client, cfg, parent_id, records, classes)
+
+    def check_stops() -> None:
+        if records:  # read by the report's step
+            warnings.extend(log_agreement(client, cfg, parent_id, records))
+
     steps: list[tuple[str, Callable[[], None]]] = [
-        ("the trials table and plots",
-         lambda: log_report(client, cfg, experiment_id, parent_id, rows, classes)),
+        ("the trials table and plots", report),
+        ("the early-stopping check", check_stops),
         ("the top trials' checkpoints", lambda: log_checkpoints(client, cfg, rows)),
     ]
     if best is not None:
@@ -51,6 +70,7 @@ def publish(client: MlflowClient, cfg: SpaceConfig, classes: tuple[str, ...],
             message = f"could not record {what}: {type(err).__name__}: {err}"
             say(f"warning: {message}")
             client.set_tag(parent_id, "kdsearch.publish_error", message[:5000])
+    return warnings
 
 
 def trial_records(client: MlflowClient, cfg: SpaceConfig, experiment_id: str, parent_id: str,
@@ -81,9 +101,26 @@ def search_facts(client: MlflowClient, cfg: SpaceConfig, parent_id: str,
                        len(classes), count("data_train_videos"), count("data_val_videos"))
 
 
-def log_report(client: MlflowClient, cfg: SpaceConfig, experiment_id: str, parent_id: str,
-               rows: Sequence[TrialRow], classes: Sequence[str]) -> None:
-    records = trial_records(client, cfg, experiment_id, parent_id, rows)
+def log_agreement(client: MlflowClient, cfg: SpaceConfig, parent_id: str,
+                  records: Sequence[TrialRecord]) -> list[str]:
+    """The rank correlation of each epoch with the last over the completed trials, as the
+    parent run's metric ``epoch_agreement`` (step = epoch), and trials stopped at an epoch that
+    ranked poorly as ``epoch_stopped`` (step = epoch); the warnings about such stops."""
+    agreement = epoch_agreement(records, cfg.search.metric, cfg.student.epochs)
+    stamp = int(time.time() * 1000)
+    measures = [Metric("epoch_agreement", a.rho, stamp, a.epoch) for a in agreement
+                if a.rho is not None]
+    measures += [Metric("epoch_stopped", float(a.stopped), stamp, a.epoch) for a in agreement]
+    if measures:
+        client.log_batch(parent_id, metrics=measures)
+    warnings = unsafe_stops(agreement, cfg.search.metric)
+    if warnings:
+        client.set_tag(parent_id, "kdsearch.unsafe_stops", "\n".join(warnings)[:5000])
+    return warnings
+
+
+def log_report(client: MlflowClient, cfg: SpaceConfig, parent_id: str,
+               records: Sequence[TrialRecord], classes: Sequence[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="kdsearch-report-") as tmp:
         write_report(records, cfg.search, Path(tmp),
                      search_facts(client, cfg, parent_id, classes))

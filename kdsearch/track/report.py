@@ -39,6 +39,7 @@ from kdsearch.track.schema import (
     STATUS_ORDER,
     Status,
     finite,
+    rank_correlation,
     ranked,
     small_val_warning,
     standard_error,
@@ -139,6 +140,56 @@ def _as_float(value: Any) -> float | None:
     return float(value)
 
 
+# --- early stopping, checked afterwards ------------------------------------------------------
+
+#: Below this rank correlation with the last epoch, an epoch is a poor judge of trials.
+POOR_AGREEMENT = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochAgreement:
+    """How well trials' values at ``epoch`` ranked them as their last epoch did, over the
+    completed trials (``rho``: Spearman's, None when undefined), and how many trials were
+    stopped right after it."""
+
+    epoch: int
+    rho: float | None
+    trials: int  # completed trials it was measured over
+    stopped: int  # pruned trials whose last epoch was this one
+
+
+def epoch_agreement(records: Sequence[TrialRecord], metric: str,
+                    epochs: int) -> list[EpochAgreement]:
+    """For each epoch before the last: its rank correlation with the last epoch over the
+    completed trials, and the trials stopped there."""
+    done = [r for r in records if r.status == Status.COMPLETED]
+    finals = {r.trial_id: finite(r.history.get(epochs)) for r in done}
+    found = []
+    for epoch in range(1, epochs):
+        pairs = [(v, finals[r.trial_id]) for r in done
+                 if (v := finite(r.history.get(epoch))) is not None
+                 and finals[r.trial_id] is not None]
+        rho = rank_correlation([a for a, _ in pairs], [b for _, b in pairs])
+        stopped = sum(r.status == Status.PRUNED and r.epochs == epoch for r in records)
+        found.append(EpochAgreement(epoch, rho, len(pairs), stopped))
+    return found
+
+
+def unsafe_stops(agreement: Sequence[EpochAgreement], metric: str) -> list[str]:
+    """One line per epoch at which trials were stopped although it ranked the completed
+    trials poorly against the last epoch, with what to change."""
+    lines = []
+    for a in agreement:
+        if a.stopped and a.rho is not None and a.rho < POOR_AGREEMENT:
+            lines.append(
+                f"{a.stopped} trial{'' if a.stopped == 1 else 's'} stopped at epoch {a.epoch}, "
+                f"but {metric} at epoch {a.epoch} ranked the {a.trials} completed trials poorly "
+                f"against the last epoch (rank correlation {a.rho:.2f}): the stopped ones may "
+                "have included the best. Use search.scheduler {name: agreement} (stops only "
+                "where an epoch is seen to rank well), a later grace_period, or {name: none}.")
+    return lines
+
+
 # --- the table ------------------------------------------------------------------------------
 
 def trials_table(records: Sequence[TrialRecord], search: Search) -> pa.Table:
@@ -207,7 +258,9 @@ def write_report(records: Sequence[TrialRecord], search: Search, out_dir: Path,
     pq.write_table(table, written[0])
     pa_csv.write_csv(table, written[1])
     figures: list[tuple[str, str, go.Figure]] = []
-    for plot in plots_of(study_from_records(records, search), search):
+    budget = max((r.epochs for r in records if r.status == Status.COMPLETED), default=0)
+    agreement = epoch_agreement(records, search.metric, budget)
+    for plot in plots_of(study_from_records(records, search), search, agreement):
         png = draw_png(plot, plot_dir / f"{plot.name}.png")
         if png is not None:
             written.append(png)

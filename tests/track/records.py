@@ -14,8 +14,8 @@ FULL_SPACE = {
     "lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
     "backbone": {"type": "choice", "values": ["tiny3d", "x3d_xs"]},
 }
-ALL_PLOTS = {"optimization_history", "learning_curves", "parallel_coordinate",
-             "param_importances", "alpha_temperature"}
+ALL_PLOTS = {"optimization_history", "learning_curves", "epoch_agreement",
+             "parallel_coordinate", "param_importances", "alpha_temperature"}
 
 
 def make_search(space: dict | None = None, **kwargs: str) -> Search:

@@ -20,8 +20,10 @@ from kdsearch.track.report import (
     FEW_TRIALS,
     SearchFacts,
     TrialRecord,
+    epoch_agreement,
     study_from_records,
     trials_table,
+    unsafe_stops,
     write_report,
 )
 
@@ -128,8 +130,8 @@ def test_write_report_writes_every_file(report: tuple[Path, list[Path]]) -> None
     out, paths = report
     expected = [out / "trials.parquet", out / "trials.csv",
                 *(out / "plots" / f"{name}.png" for name in (
-                    "optimization_history", "learning_curves", "parallel_coordinate",
-                    "param_importances", "alpha_temperature")),
+                    "optimization_history", "learning_curves", "epoch_agreement",
+                    "parallel_coordinate", "param_importances", "alpha_temperature")),
                 out / "search_report.html"]
     assert paths == expected
     assert all(p.is_file() for p in paths)
@@ -171,12 +173,13 @@ def test_html_inlines_plotly_once_with_one_div_per_plot(
     pytest.param(None, RECORDS[:1], {"optimization_history", "learning_curves",
                                      "alpha_temperature"}, id="one-completed"),
     pytest.param({"alpha": FULL_SPACE["alpha"]}, RECORDS,
-                 {"optimization_history", "learning_curves", "parallel_coordinate",
-                  "metric_vs_alpha"}, id="alpha-only"),
+                 {"optimization_history", "learning_curves", "epoch_agreement",
+                  "parallel_coordinate", "metric_vs_alpha"}, id="alpha-only"),
     pytest.param({"temperature": FULL_SPACE["temperature"], "lr": FULL_SPACE["lr"]}, RECORDS,
                  ALL_PLOTS - {"alpha_temperature"} | {"metric_vs_temperature"},
                  id="temperature-only"),
-    pytest.param({}, RECORDS, {"optimization_history", "learning_curves"}, id="no-space"),
+    pytest.param({}, RECORDS, {"optimization_history", "learning_curves", "epoch_agreement"},
+                 id="no-space"),
 ])
 def test_degenerate_searches_write_what_they_can(tmp_path: Path, space: dict | None,
                                                  records: list[TrialRecord],
@@ -298,3 +301,43 @@ def test_comparisons_carry_a_warning_only_when_the_search_cannot_tell(tmp_path: 
     page = write_report(many, make_search(), tmp_path / "many", enough)[-1].read_text()
     assert "class='warning'" not in page
     assert "Best: trial c19</b>" in page
+
+
+# --- early stopping, checked afterwards ---------------------------------------------------
+
+def _curve(trial_id: str, status: str, values: list[float]) -> TrialRecord:
+    return TrialRecord(trial_id, f"run-{trial_id}", status, len(values), {}, {},
+                       dict(enumerate(values, start=1)))
+
+
+def test_epoch_agreement_over_completed_trials_and_stops_per_epoch() -> None:
+    # Epoch 1 ranks the completed trials in reverse, epoch 2 as the last (epoch 3) does.
+    records = [_curve("a", "completed", [0.9, 0.3, 0.4]),
+               _curve("b", "completed", [0.8, 0.4, 0.5]),
+               _curve("c", "completed", [0.7, 0.5, 0.6]),
+               _curve("p", "pruned", [0.2]), _curve("q", "pruned", [0.1]),
+               _curve("r", "pruned", [0.3, 0.2]), _curve("f", "failed", [0.5])]
+    found = epoch_agreement(records, "val_acc", 3)
+    assert [(a.epoch, a.trials, a.stopped) for a in found] == [(1, 3, 2), (2, 3, 1)]
+    assert found[0].rho == pytest.approx(-1.0) and found[1].rho == pytest.approx(1.0)
+    (line,) = unsafe_stops(found, "val_acc")  # epoch 2 stopped one trial, but ranked well
+    assert line.startswith("2 trials stopped at epoch 1, but val_acc at epoch 1 ranked the 3 "
+                           "completed trials poorly against the last epoch (rank correlation "
+                           "-1.00)")
+    assert "search.scheduler {name: agreement}" in line
+
+
+def test_no_warning_without_stops_or_without_enough_completed_trials() -> None:
+    unstopped = [_curve(t, "completed", [1 - v, v]) for t, v in (("a", .2), ("b", .5))]
+    assert unsafe_stops(epoch_agreement(unstopped, "val_acc", 2), "val_acc") == []
+    one = [_curve("a", "completed", [0.9, 0.2]), _curve("p", "pruned", [0.1])]
+    found = epoch_agreement(one, "val_acc", 2)
+    assert found[0].rho is None and unsafe_stops(found, "val_acc") == []
+
+
+def test_the_report_draws_each_epochs_agreement(tmp_path: Path) -> None:
+    page = write_report(RECORDS, make_search(), tmp_path, FACTS)[-1].read_text()
+    (trace, *_) = _figure(page, "how well each epoch&#x27;s val_acc ranked the completed "
+                                "trials as their last epoch did")
+    assert trace["x"] == list(range(1, 10))  # epochs 1 to 9 of 10
+    assert trace["y"] == pytest.approx([1.0] * 9)  # these curves keep their order
