@@ -18,8 +18,6 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from stock_feedback import StockFeedbackOptunaSearch, stock_searcher  # noqa: E402
 
-METHODS = ("random", "random+asha", "tpe", "optuna+asha", "kdsearch+asha")
-
 
 def smoke(script: str, *args: str, timeout: float = 240) -> str:
     """``python benchmarks/<script> --smoke ARGS`` from the repository root; its output."""
@@ -60,17 +58,273 @@ def test_loader_smoke(tmp_path: Path) -> None:
     assert len(list((tmp_path / "videos").glob("*.mp4"))) == 4
 
 
-def test_search_quality_smoke(tmp_path: Path) -> None:
-    out = smoke("search_quality.py", "--out", str(tmp_path))
-    for method in METHODS:
-        assert re.search(rf"^{re.escape(method)} +seed  0: epochs to target", out, re.M), method
-    # kdsearch's searcher never tells Optuna COMPLETE for a trial ASHA stopped early.
-    assert re.search(r"^kdsearch\+asha .* \(0 before max_t\)", out, re.M)
-    page = (tmp_path / "search_quality.md").read_text()
+SMOKE_METHODS = ("random-full", "tpe-full", "default")  # search_quality.py --smoke's
+
+
+def run_lines(out: str, methods: tuple[str, ...], seeds: tuple[int, ...]) -> dict[str, str]:
+    """search_quality.py's line per run, by "method seed"; each must be there."""
+    lines = {}
+    for method in methods:
+        for seed in seeds:
+            found = re.search(rf"^{re.escape(method)} +seed +{seed}: epochs to target .*$",
+                              out, re.M)
+            assert found, (method, seed, out)
+            lines[f"{method} {seed}"] = found.group(0)
+    return lines
+
+
+def check_report(tmp_path: Path, name: str, methods: tuple[str, ...], optimum: float,
+                 budget: int, with_se: bool) -> dict[str, Any]:
+    """The page, the plot and the JSON of a search_quality.py run over two seeds (0, 1)."""
+    page = (tmp_path / f"search_quality_{name}.md").read_text()
     rows = [line for line in page.splitlines() if line.startswith("| ")]
-    assert [row.split(" | ")[0][2:] for row in rows[1:6]] == list(METHODS)
-    assert "| 0 | " in page  # the per-seed table
-    assert (tmp_path / "search_quality.png").stat().st_size > 0
+    assert [row.split(" | ")[0][2:] for row in rows[1:1 + len(methods)]] == list(methods)
+    assert "| 0 | " in page and "| 1 | " in page  # the per-seed table
+    assert (tmp_path / f"search_quality_{name}.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "runs.json").read_text())
+    assert set(saved) == {"objective", "optimum", "budget_epochs", "methods"}
+    assert saved["objective"] == name and saved["budget_epochs"] == budget
+    assert saved["optimum"] == pytest.approx(optimum)
+    assert list(saved["methods"]) == list(methods)
+    keys = {"seed", "epochs_to_target", "regret"} | ({"epochs_to_target_se"} if with_se else set())
+    for method, runs in saved["methods"].items():
+        assert [run["seed"] for run in runs] == [0, 1]
+        for run in runs:
+            assert set(run) == keys and set(run["regret"]) == {"0.25", "0.5", "1.0"}
+            reached = run["epochs_to_target"]
+            cap = budget * (2 if method == "random-full" else 1)  # --reference-extend 2
+            assert reached is None or (isinstance(reached, int) and 1 <= reached <= cap)
+            regret = run["regret"]
+            assert all(isinstance(v, float) and v >= -1e-12 for v in regret.values())
+            if regret["1.0"] <= 0.01 * abs(optimum):  # within target at the budget's end
+                assert reached is not None and reached <= budget
+            if with_se and reached is not None:  # one SE is looser than 1 % in these tests
+                assert run["epochs_to_target_se"] is not None
+                assert run["epochs_to_target_se"] <= reached
+    return saved
+
+
+def test_search_quality_smoke(tmp_path: Path) -> None:
+    """The simulated family through the real stack: --smoke's three methods, two seeds."""
+    import sim_objective as sim
+
+    out = smoke("search_quality.py", "--out", str(tmp_path), "--json",
+                str(tmp_path / "runs.json"), timeout=120)
+    lines = run_lines(out, SMOKE_METHODS, (0, 1))
+    # kdsearch's searcher never tells Optuna COMPLETE for a trial a scheduler stopped early.
+    assert all("(0 before max_t)" in lines[f"default {seed}"] for seed in (0, 1))
+    # random-full runs every trial to the end: all its trials are full ones.
+    for seed in (0, 1):
+        trials = re.search(r"trials +(\d+) \((\d+) full\)", lines[f"random-full {seed}"])
+        assert trials and int(trials.group(1)) >= int(trials.group(2)) >= 2
+    for target in ("(a)", "(b)", "(c)"):
+        assert re.search(rf"^target {re.escape(target)} .*: (PASS|MISS|UNDECIDED)", out, re.M)
+    assert re.search(r"^objective sim: val_acc \(max\), 16 epochs per trial, optimum 0\.8799",
+                     out, re.M)
+    check_report(tmp_path, "sim", SMOKE_METHODS, sim.optimum()[1], 2 * sim.MAX_T,
+                 with_se=True)
+
+
+CURVE_COLUMNS = ("config", "alpha", "temperature", "lr", "backbone", "seed", "epoch",
+                 "val_acc", "val_loss", "train_loss", "seconds")
+
+
+def write_curves(path: Path, rows: list[dict[str, Any]], epochs: int,
+                 val_videos: int = 40) -> Path:
+    """A learning-curve table in record_curves.py's format."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist(rows).replace_schema_metadata(
+        {"kdsearch.curves": json.dumps({"epochs": epochs, "val_videos": val_videos,
+                                        "overrides": [], "space": "synthetic"})})
+    pq.write_table(table, path)
+    return path
+
+
+def synthetic_curves(configs: int = 12, seeds: int = 2, epochs: int = 4
+                     ) -> list[dict[str, Any]]:
+    """Curves whose final val_acc peaks at alpha 0.3, with a little noise between seeds."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for config in range(configs):
+        settings = {"alpha": float(rng.uniform(0, 0.9)),
+                    "temperature": float(np.exp(rng.uniform(0, np.log(16)))),
+                    "lr": float(np.exp(rng.uniform(np.log(3e-4), np.log(1e-2)))),
+                    "backbone": ("tiny3d", "tiny3d_wide")[config % 2]}
+        ceiling = 0.9 - 0.6 * abs(settings["alpha"] - 0.3)
+        for seed in range(seeds):
+            shift = float(rng.normal(0, 0.01))
+            for epoch in range(1, epochs + 1):
+                acc = 0.25 + (ceiling - 0.25) * (1 - np.exp(-epoch / 1.5)) + shift
+                rows.append({"config": config, **settings, "seed": 100 + seed, "epoch": epoch,
+                             "val_acc": float(acc), "val_loss": float(2 - acc),
+                             "train_loss": float(1.5 - acc), "seconds": 2.0 * epoch})
+    return rows
+
+
+def test_search_quality_table_smoke(tmp_path: Path) -> None:
+    """A recorded table (here synthetic) through the real stack, agreement's noise margin
+    from the table's validation count."""
+    rows = synthetic_curves()
+    table = write_curves(tmp_path / "curves.parquet", rows, epochs=4)
+    finals: dict[int, list[float]] = {}
+    for row in rows:
+        if row["epoch"] == 4:
+            finals.setdefault(row["config"], []).append(row["val_acc"])
+    optimum = max(sum(v) / len(v) for v in finals.values())
+    methods = ("random-full", "asha", "agreement")
+    out = smoke("search_quality.py", "--table", str(table), "--methods", *methods, "--out",
+                str(tmp_path), "--json", str(tmp_path / "runs.json"), timeout=120)
+    run_lines(out, methods, (0, 1))
+    assert re.search(r"^objective curves: val_acc \(max\), 4 epochs per trial, optimum "
+                     rf"{optimum:.4f} at alpha ", out, re.M), out
+    assert re.search(r"^40 validation videos", out, re.M)
+    check_report(tmp_path, "curves", methods, optimum, 2 * 4, with_se=True)
+
+
+OBJECTIVE_FILE = '''
+class Parabola:
+    """Minimised; the best configuration is x = 0.3 of kind "good"."""
+
+    name = "parabola"
+    space = {"x": {"type": "uniform", "low": 0.0, "high": 1.0},
+             "kind": {"type": "choice", "values": ["good", "bad"]}}
+    epochs = 3
+    mode = "min"
+    optimum = 0.1
+
+    def __call__(self, config, epoch, seed):
+        return self.true_final(config) + 1.0 / epoch - 1.0 / self.epochs + 0.001 * (seed % 3)
+
+    def true_final(self, config):
+        return 0.1 + (config["x"] - 0.3) ** 2 + (0.0 if config["kind"] == "good" else 0.5)
+'''
+
+
+def test_search_quality_objective_file_smoke(tmp_path: Path) -> None:
+    """Any object with the objective's attributes, from a file, in the trial processes too."""
+    (tmp_path / "parabola_objective.py").write_text(OBJECTIVE_FILE)
+    methods = ("optuna-asha", "hyperband", "random-asha")
+    out = smoke("search_quality.py", "--objective",
+                f"{tmp_path / 'parabola_objective.py'}:Parabola", "--methods", *methods,
+                "--out", str(tmp_path), "--json", str(tmp_path / "runs.json"), timeout=120)
+    run_lines(out, methods, (0, 1))
+    assert re.search(r"^objective parabola: val_loss \(min\), 3 epochs per trial, optimum "
+                     r"0\.1000;", out, re.M)
+    saved = check_report(tmp_path, "parabola", methods, 0.1, 2 * 3, with_se=False)
+    for runs in saved["methods"].values():
+        for run in runs:
+            # Observed values rank as true ones here, so the incumbent only ever improves.
+            regret = run["regret"]
+            assert regret["0.25"] >= regret["0.5"] >= regret["1.0"] >= 0
+
+
+def test_table_objective_nearest_configuration(tmp_path: Path) -> None:
+    """Nearest recorded configuration with the same categorical values, in normalised and
+    (for a log-uniform setting) logarithmic coordinates; seed s replays recorded seed s mod
+    n; true_final is the mean over seeds; the optimum the best mean."""
+    import objectives
+
+    def curve(config: int, alpha: float, lr: float, backbone: str, seed: int,
+              final: float) -> list[dict[str, Any]]:
+        return [{"config": config, "alpha": alpha, "lr": lr, "backbone": backbone,
+                 "seed": seed, "epoch": e, "val_acc": final - 0.1 * (2 - e),
+                 "val_loss": 1 - final, "train_loss": 0.5, "seconds": 1.0}
+                for e in (1, 2)]
+
+    rows = (curve(0, 0.0, 1e-4, "a", 7, 0.50)
+            + curve(1, 0.0, 1e-2, "a", 9, 0.60) + curve(1, 0.0, 1e-2, "a", 7, 0.80)
+            + curve(2, 0.9, 1e-3, "b", 7, 0.50) + curve(2, 0.9, 1e-3, "b", 8, 0.52)
+            + curve(3, 0.45, 1e-3, "b", 7, 0.75))
+    path = write_curves(tmp_path / "four.parquet", rows, epochs=2, val_videos=12)
+    table = objectives.TableObjective(path)
+    assert table.space == {
+        "alpha": {"type": "uniform", "low": 0.0, "high": 0.9},  # has a 0: not log-uniform
+        "lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+        "backbone": {"type": "choice", "values": ["a", "b"]}}
+    assert (table.name, table.epochs, table.val_videos, table.mode) == ("four", 2, 12, "max")
+    # lr 1.5e-3 is nearer 1e-4 in value but nearer 1e-2 in the logarithm.
+    assert table.nearest({"alpha": 0.0, "lr": 1.5e-3, "backbone": "a"}) == 1
+    assert table.nearest({"alpha": 0.0, "lr": 2e-4, "backbone": "a"}) == 0
+    # The same backbone first, however near another backbone's configuration is.
+    assert table.nearest({"alpha": 0.0, "lr": 1e-4, "backbone": "b"}) == 3
+    assert table.nearest({"alpha": 0.8, "lr": 1e-3, "backbone": "b"}) == 2
+    near1 = {"alpha": 0.05, "lr": 8e-3, "backbone": "a"}
+    # Recorded seeds 7 and 9 of configuration 1, in order: run seed s replays s mod 2.
+    assert [table(near1, 2, s) for s in range(4)] == pytest.approx([0.80, 0.60, 0.80, 0.60])
+    assert table(near1, 1, 1) == pytest.approx(0.50)  # epoch 1 of recorded seed 9
+    assert objectives.true_final(table, near1) == pytest.approx(0.70)  # mean of 0.8, 0.6
+    # The optimum is the best mean (configuration 3's 0.75), not the best single seed (0.80).
+    assert table.optimum == pytest.approx(0.75) and table.optimum_config["alpha"] == 0.45
+    # One seed's spread: median over configurations 1 and 2 of their standard deviations.
+    import statistics
+
+    assert table.noise_se == pytest.approx(statistics.median(
+        [statistics.stdev([0.6, 0.8]), statistics.stdev([0.5, 0.52])]))
+    loss = objectives.TableObjective(path, metric="val_loss")
+    assert (loss.mode, loss.name, objectives.metric(loss)) == ("min", "four-val_loss",
+                                                                "val_loss")
+    assert loss.optimum == pytest.approx(0.25)  # 1 - 0.75: the lowest mean loss
+
+
+def test_sim_objectives_replay_the_simulation() -> None:
+    """The harness's sim objectives: the misleading family's trials report what a generator
+    per trial drew epoch by epoch; the faithful variant keeps the optimum and ranks
+    configurations well from the first epoch, where the misleading one does not."""
+    import numpy as np
+    import objectives
+    import sim_objective as sim
+
+    misleading = objectives.load(objectives.parse("sim", None))
+    faithful = objectives.load(objectives.parse("sim-faithful", None))
+    config = {"alpha": 0.3, "temperature": 3.0, "lr": 2e-3, "backbone": "tiny3d"}
+    rng = sim.trial_rng(5, config)
+    assert [misleading(config, e, 5) for e in range(1, 9)] == [
+        sim.curve(config, e, rng) for e in range(1, 9)]
+    assert misleading(config, 4, 5) == misleading(config, 4, 5) != misleading(config, 4, 6)
+    assert objectives.true_final(misleading, config) == sim.true_final(config)
+    assert faithful.optimum == pytest.approx(misleading.optimum, abs=1e-3)
+    assert (misleading.name, faithful.name) == ("sim", "sim-faithful")
+    assert misleading.noise_se == faithful.noise_se == sim.NOISE_SD
+    early = sim.early_ranking(n=20_000)
+    early_faithful = sim.early_ranking(n=20_000, faithful=True)
+    assert early[1][0] < 0.3 and early_faithful[1][0] > 0.8
+    assert early[1][1] < 0.7 and early_faithful[1][1] > 0.99  # where the optimum starts
+    assert early[sim.MAX_T][0] == pytest.approx(early_faithful[sim.MAX_T][0], abs=0.02)
+    # one tau: at every epoch the faithful mean accuracy is increasing in the final one
+    draws = sim.sample(np.random.default_rng(0), 200)
+    finals = [sim.true_final(c, faithful=True) for c in draws]
+    for epoch in (1, 2, 4):
+        at = [sim.curve(c, epoch, faithful=True) for c in draws]
+        assert np.argsort(at).tolist() == np.argsort(finals).tolist()
+
+
+def test_search_quality_ledger(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The incumbent is the best observed final value (here of a minimised metric), its regret
+    is counted in noise-free terms, and no target is reached before there is an incumbent."""
+    import os
+
+    monkeypatch.setattr(os, "environ", os.environ.copy())  # the import sets PYTHONPATH
+    import search_quality as sq
+
+    ledger = sq.Ledger(max_t=2, budget=6, limit=6, optimum=0.5, sign=-1.0,
+                       true_final=lambda config: config["v"], metric="val_loss", floor=0.5,
+                       noise_se=None)
+    results = [("a", 0.9, 1, 1.0), ("a", 0.9, 2, 0.95),  # the first incumbent
+               ("b", 0.5, 1, 1.0), ("b", 0.5, 2, 0.97),  # truly best, observed worse
+               ("c", 0.503, 2, 0.6)]  # observed best, within 1 % of the optimum
+    for trial, value, epoch, observed in results:
+        ledger.record(trial, {"v": value}, {"epoch": epoch, "val_loss": observed}, 1)
+        assert not ledger.done()
+    # The floor's regret is 0 here, yet the target needs a trial that trained to the end.
+    assert ledger.regrets == pytest.approx([0.0, 0.4, 0.4, 0.4, 0.003])
+    assert ledger.reached_at == 5 and ledger.full == 3
+    assert ledger.trials == {"a": 2, "b": 2, "c": 2}
+    ledger.record("d", {"v": 0.7}, {"epoch": 1, "val_loss": 0.8}, 1)
+    assert ledger.done() and len(ledger.regrets) == 6
 
 
 def test_search_quality_overhead_smoke(tmp_path: Path) -> None:
