@@ -74,12 +74,13 @@ def run_lines(out: str, methods: tuple[str, ...], seeds: tuple[int, ...]) -> dic
 
 
 def check_report(tmp_path: Path, name: str, methods: tuple[str, ...], optimum: float,
-                 budget: int, with_se: bool) -> dict[str, Any]:
-    """The page, the plot and the JSON of a search_quality.py run over two seeds (0, 1)."""
+                 budget: int, with_se: bool, seeds: tuple[int, ...] = (0, 1)
+                 ) -> dict[str, Any]:
+    """The page, the plot and the JSON of a search_quality.py run over ``seeds``."""
     page = (tmp_path / f"search_quality_{name}.md").read_text()
     rows = [line for line in page.splitlines() if line.startswith("| ")]
     assert [row.split(" | ")[0][2:] for row in rows[1:1 + len(methods)]] == list(methods)
-    assert "| 0 | " in page and "| 1 | " in page  # the per-seed table
+    assert all(f"| {seed} | " in page for seed in seeds)  # the per-seed table
     assert (tmp_path / f"search_quality_{name}.png").stat().st_size > 0
     saved = json.loads((tmp_path / "runs.json").read_text())
     assert set(saved) == {"objective", "optimum", "budget_epochs", "methods"}
@@ -88,7 +89,7 @@ def check_report(tmp_path: Path, name: str, methods: tuple[str, ...], optimum: f
     assert list(saved["methods"]) == list(methods)
     keys = {"seed", "epochs_to_target", "regret"} | ({"epochs_to_target_se"} if with_se else set())
     for method, runs in saved["methods"].items():
-        assert [run["seed"] for run in runs] == [0, 1]
+        assert [run["seed"] for run in runs] == list(seeds)
         for run in runs:
             assert set(run) == keys and set(run["regret"]) == {"0.25", "0.5", "1.0"}
             reached = run["epochs_to_target"]
@@ -176,13 +177,14 @@ def test_search_quality_table_smoke(tmp_path: Path) -> None:
             finals.setdefault(row["config"], []).append(row["val_acc"])
     optimum = max(sum(v) / len(v) for v in finals.values())
     methods = ("random-full", "asha", "agreement")
-    out = smoke("search_quality.py", "--table", str(table), "--methods", *methods, "--out",
-                str(tmp_path), "--json", str(tmp_path / "runs.json"), timeout=120)
-    run_lines(out, methods, (0, 1))
+    out = smoke("search_quality.py", "--table", str(table), "--methods", *methods, "--seeds",
+                "1", "--out", str(tmp_path), "--json", str(tmp_path / "runs.json"),
+                timeout=120)
+    run_lines(out, methods, (0,))
     assert re.search(r"^objective curves: val_acc \(max\), 4 epochs per trial, optimum "
                      rf"{optimum:.4f} at alpha ", out, re.M), out
     assert re.search(r"^40 validation videos", out, re.M)
-    check_report(tmp_path, "curves", methods, optimum, 2 * 4, with_se=True)
+    check_report(tmp_path, "curves", methods, optimum, 2 * 4, with_se=True, seeds=(0,))
 
 
 OBJECTIVE_FILE = '''
@@ -210,11 +212,13 @@ def test_search_quality_objective_file_smoke(tmp_path: Path) -> None:
     methods = ("optuna-asha", "hyperband", "random-asha")
     out = smoke("search_quality.py", "--objective",
                 f"{tmp_path / 'parabola_objective.py'}:Parabola", "--methods", *methods,
-                "--out", str(tmp_path), "--json", str(tmp_path / "runs.json"), timeout=120)
-    run_lines(out, methods, (0, 1))
+                "--seeds", "1", "--out", str(tmp_path), "--json", str(tmp_path / "runs.json"),
+                timeout=120)
+    run_lines(out, methods, (0,))
     assert re.search(r"^objective parabola: val_loss \(min\), 3 epochs per trial, optimum "
                      r"0\.1000;", out, re.M)
-    saved = check_report(tmp_path, "parabola", methods, 0.1, 2 * 3, with_se=False)
+    saved = check_report(tmp_path, "parabola", methods, 0.1, 2 * 3, with_se=False,
+                         seeds=(0,))
     for runs in saved["methods"].values():
         for run in runs:
             # Observed values rank as true ones here, so the incumbent only ever improves.
@@ -336,9 +340,9 @@ def test_search_quality_overhead_smoke(tmp_path: Path) -> None:
 
 
 def test_demo_methods_smoke(tmp_path: Path) -> None:
-    # Three of the five: no scheduler, Ray's stock feedback and kdsearch's (the others differ
-    # from these only in the sampler or scheduler settings).
-    methods = ("random", "optuna+asha", "kdsearch+asha")
+    # Ray's stock feedback and kdsearch's, both with ASHA (the other methods differ from these
+    # only in the sampler or scheduler settings, which search_quality's smokes cover).
+    methods = ("optuna+asha", "kdsearch+asha")
     out = smoke("demo_methods.py", "--workdir", str(tmp_path), "--methods", *methods,
                 timeout=400)
     assert re.search(r"^optuna\+asha: \d+ s, StockFeedbackOptunaSearch told Optuna COMPLETE",
@@ -352,7 +356,6 @@ def test_demo_methods_smoke(tmp_path: Path) -> None:
         assert 0.25 <= float(best) <= 1  # a completed trial's val_acc (4 classes)
         assert int(completed) >= 1 and int(completed) + int(pruned) == 3  # 3 trials
         assert int(completed) * 2 <= int(epochs) <= 6  # 2 epochs per completed trial
-    assert int(rows["random"][3]) == 3  # no scheduler: all complete
     assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "optuna-asha.log").is_file()
 
 
@@ -430,3 +433,25 @@ def test_stock_feedback_counts_stopped_trials_complete(ray_local: None, tmp_path
     assert len(epochs) == 8 and all(r.error is None for r in trials)
     assert min(epochs) < MAX_T  # some were stopped early ...
     assert [t.state for t in searcher.study.trials] == [TrialState.COMPLETE] * 8  # ... yet
+
+
+def test_record_curves_smoke(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "curves.parquet"
+    printed = smoke("record_curves.py", "--out", str(out), timeout=180)
+    table = pq.read_table(out)
+    rows = table.to_pylist()
+    # 3 configurations of 2 epochs, the first again with one more training seed.
+    assert sorted({(r["config"], r["seed"]) for r in rows}) == [(0, 0), (0, 1), (1, 0), (2, 0)]
+    assert [r["epoch"] for r in rows if r["config"] == 1] == [1, 2]
+    assert {"alpha", "temperature", "lr", "backbone", "val_acc", "val_loss", "train_loss",
+            "seconds"} <= set(table.column_names)
+    first = [r for r in rows if r["config"] == 0]
+    assert {(r["alpha"], r["lr"], r["backbone"]) for r in first} == {
+        (first[0]["alpha"], first[0]["lr"], first[0]["backbone"])}  # one configuration
+    meta = json.loads(table.schema.metadata[b"kdsearch.curves"])
+    assert meta["epochs"] == 2 and meta["val_videos"] == 4 and meta["train_videos"] == 8
+    assert not (tmp_path / "curves.parquet.partial.jsonl").exists()
+    assert re.search(r"^rank correlation of val_acc at each epoch with epoch 2 "
+                     r"\(3 configurations\): 1: ", printed, re.M)

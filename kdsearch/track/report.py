@@ -142,8 +142,11 @@ def _as_float(value: Any) -> float | None:
 
 # --- early stopping, checked afterwards ------------------------------------------------------
 
-#: Below this rank correlation with the last epoch, an epoch is a poor judge of trials.
+#: Below this rank correlation with the last epoch, an epoch is a poor judge of trials...
 POOR_AGREEMENT = 0.5
+#: ... when measured over at least this many completed trials (over fewer it is noise: with
+#: 3 trials a correlation of -0.5 comes from a single swapped pair).
+AGREEMENT_TRIALS = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,10 +180,12 @@ def epoch_agreement(records: Sequence[TrialRecord], metric: str,
 
 def unsafe_stops(agreement: Sequence[EpochAgreement], metric: str) -> list[str]:
     """One line per epoch at which trials were stopped although it ranked the completed
-    trials poorly against the last epoch, with what to change."""
+    trials (at least ``AGREEMENT_TRIALS``) poorly against the last epoch, with what to
+    change."""
     lines = []
     for a in agreement:
-        if a.stopped and a.rho is not None and a.rho < POOR_AGREEMENT:
+        if (a.stopped and a.rho is not None and a.rho < POOR_AGREEMENT
+                and a.trials >= AGREEMENT_TRIALS):
             lines.append(
                 f"{a.stopped} trial{'' if a.stopped == 1 else 's'} stopped at epoch {a.epoch}, "
                 f"but {metric} at epoch {a.epoch} ranked the {a.trials} completed trials poorly "

@@ -312,19 +312,22 @@ def _curve(trial_id: str, status: str, values: list[float]) -> TrialRecord:
 
 def test_epoch_agreement_over_completed_trials_and_stops_per_epoch() -> None:
     # Epoch 1 ranks the completed trials in reverse, epoch 2 as the last (epoch 3) does.
-    records = [_curve("a", "completed", [0.9, 0.3, 0.4]),
-               _curve("b", "completed", [0.8, 0.4, 0.5]),
-               _curve("c", "completed", [0.7, 0.5, 0.6]),
-               _curve("p", "pruned", [0.2]), _curve("q", "pruned", [0.1]),
+    completed = [_curve(t, "completed", [0.9 - k / 10, 0.3 + k / 10, 0.4 + k / 10])
+                 for k, t in enumerate("abcde")]
+    records = [*completed, _curve("p", "pruned", [0.2]), _curve("q", "pruned", [0.1]),
                _curve("r", "pruned", [0.3, 0.2]), _curve("f", "failed", [0.5])]
     found = epoch_agreement(records, "val_acc", 3)
-    assert [(a.epoch, a.trials, a.stopped) for a in found] == [(1, 3, 2), (2, 3, 1)]
+    assert [(a.epoch, a.trials, a.stopped) for a in found] == [(1, 5, 2), (2, 5, 1)]
     assert found[0].rho == pytest.approx(-1.0) and found[1].rho == pytest.approx(1.0)
     (line,) = unsafe_stops(found, "val_acc")  # epoch 2 stopped one trial, but ranked well
-    assert line.startswith("2 trials stopped at epoch 1, but val_acc at epoch 1 ranked the 3 "
+    assert line.startswith("2 trials stopped at epoch 1, but val_acc at epoch 1 ranked the 5 "
                            "completed trials poorly against the last epoch (rank correlation "
                            "-1.00)")
     assert "search.scheduler {name: agreement}" in line
+    # Over 3 completed trials a correlation says too little to warn.
+    few = [*completed[:3], *records[5:]]
+    assert epoch_agreement(few, "val_acc", 3)[0].rho == pytest.approx(-1.0)
+    assert unsafe_stops(epoch_agreement(few, "val_acc", 3), "val_acc") == []
 
 
 def test_no_warning_without_stops_or_without_enough_completed_trials() -> None:
