@@ -22,7 +22,8 @@ Output: one Parquet table, one row per (configuration, training seed, epoch): ``
 space file and overrides in the file's metadata. Finished trials are appended to
 ``OUT.partial.jsonl`` as they end, so an interrupted run loses at most the trials in flight
 and a rerun of the same command continues; the Parquet file is written (atomically) once
-every trial is done. Prints the Spearman rank correlation of every epoch with the last.
+every trial is done, and the partial file removed. Prints the Spearman rank correlation of
+every epoch with the last.
 """
 
 from __future__ import annotations
@@ -161,6 +162,7 @@ def record(space_path: Path, overrides: Sequence[str], out: Path, *, configs: in
                                    "train_videos": len(data.train),
                                    "val_videos": len(data.val), "epochs": cfg.student.epochs})
     _write(table, out)
+    partial.unlink()  # everything is in the table now
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB, {table.num_rows} rows) in "
           f"{(time.monotonic() - started) / 60:.1f} min")
     print_correlations(table, cfg.student.epochs, base_seed)
