@@ -24,6 +24,7 @@ import yaml
 from kdsearch.config import ConfigError, load_space
 from kdsearch.data.index import IndexRow, index_path, index_split
 from kdsearch.data.layouts import Format, LayoutError, Listing, list_split
+from kdsearch.text import python_command
 
 EXIT_BAD_INPUT = 2
 VAL_FOLDERS = ("val", "validation", "valid")
@@ -237,8 +238,8 @@ def header(command: str, out: Path, found: Found, gpu: bool) -> str:
         f"# Size: {w}x{h} (most common), short side min {found.short_side()}",
         f"# Machine: {'a' if gpu else 'no'} CUDA GPU, so "
         f"{'Kinetics-400 models' if gpu else 'the small CPU models of the demo'}.",
-        f"# Next:  python -m kdsearch.run {out} --dry-run   (checks every value)",
-        f"#  then: python -m kdsearch.run {out}             (runs the search)",
+        f"# Next:  {python_command()} -m kdsearch.run {out} --dry-run   (checks every value)",
+        f"#  then: {python_command()} -m kdsearch.run {out}   (runs the search)",
         "# Every key: docs/space-file.md; layouts and the index: docs/your-data.md.", ""])
 
 
@@ -319,7 +320,8 @@ def run(args: argparse.Namespace, command: str) -> int:
     if missing:
         print(f"note: Kinetics-400 weights missing for {', '.join(missing)}: {args.out} says "
               "where to put them")
-    print(f"next: python -m kdsearch.run {args.out} --dry-run, then without --dry-run")
+    print(f"next: {python_command()} -m kdsearch.run {args.out} --dry-run, then without "
+          "--dry-run")
     return 0
 
 

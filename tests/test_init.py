@@ -12,6 +12,7 @@ from kdsearch.config import ConfigError, load_space
 from kdsearch.data.index import IndexRow
 from kdsearch.models import get_spec, weights_path
 from kdsearch.testing.media import write_frame_folder, write_test_video
+from kdsearch.text import python_command
 
 CLASSES = ["kick", "run"]
 
@@ -60,7 +61,8 @@ def test_split_folders_give_a_space_file_that_validates(tmp_path: Path,
     text = out.read_text()
     assert "python -m kdsearch.init mysport --out space.yaml" in text
     assert "#   kick: 2 train, 1 val" in text and "min 20, median" in text
-    assert "python -m kdsearch.run space.yaml --dry-run" in text
+    # The commands to run next name this interpreter, so they work as printed.
+    assert f"{python_command()} -m kdsearch.run space.yaml --dry-run" in text
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".space")]  # no temp file
     assert run.main([str(out), "--dry-run"]) == 0
     assert "wrote space.yaml" in capsys.readouterr().out

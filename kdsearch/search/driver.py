@@ -31,6 +31,7 @@ from kdsearch.search.space import warm_trials
 from kdsearch.search.teacher_task import teacher_and_cache
 from kdsearch.search.tuner import make_tuner
 from kdsearch.storage import join, local_dir, redact
+from kdsearch.text import python_command
 from kdsearch.track.callback import MLflowTrials
 from kdsearch.track.publish import publish
 from kdsearch.track.runs import (
@@ -90,7 +91,7 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
     start = time.monotonic()
     prior = search_to_resume(cfg, resume) if resume else None
     if prior is None:
-        _mention_unfinished(cfg, say)
+        _mention_unfinished(cfg, space_path, say)
     prepare_data(cfg.data, log=say)
     data = load_dataset(cfg.data, cfg.student.clip, local_dir(cfg.storage, "indexes"), log=say)
     if (warning := small_val_warning(cfg.search.metric, len(data.val))) is not None:
@@ -160,10 +161,10 @@ def _warm_start(client: MlflowClient, cfg: SpaceConfig, say: Any) -> list[Frozen
     return trials
 
 
-def _mention_unfinished(cfg: SpaceConfig, say: Any) -> None:
+def _mention_unfinished(cfg: SpaceConfig, space_path: Path, say: Any) -> None:
     unfinished = unfinished_searches(cfg)
     if unfinished:
         latest = unfinished[0]
         say(f"note: search {latest.name} of this experiment (started {latest.when}) did not "
-            "finish; this is a new search. To continue that one instead: python -m "
-            "kdsearch.run SPACE.yaml --resume")
+            f"finish; this is a new search. To continue that one instead: {python_command()} -m "
+            f"kdsearch.run {space_path} --resume")

@@ -169,3 +169,23 @@ def test_a_lost_node_costs_no_trial(tmp_path: Path) -> None:
         lines = [json.loads(line) for line in result_file.read_text().splitlines() if line]
         restarted += [r for r in lines if r["iterations_since_restore"] < r["training_iteration"]]
     assert restarted
+
+
+def test_a_new_search_names_the_unfinished_one_and_the_command_to_resume_it(
+        tmp_path: Path) -> None:
+    from kdsearch.search.driver import _mention_unfinished
+    from kdsearch.search.resume import SearchRecord, new_search_name, write_record
+    from kdsearch.text import python_command
+
+    path = write_tiny_space(tmp_path)
+    cfg = load_space(path, cwd=tmp_path)
+    said: list[str] = []
+    _mention_unfinished(cfg, path, said.append)
+    assert said == []  # nothing unfinished: nothing to say
+    record = SearchRecord(new_search_name(cfg), cfg.experiment.name, "1", "run", time.time(),
+                          False, cfg.model_dump(mode="json"))
+    write_record(cfg, record)
+    _mention_unfinished(cfg, path, said.append)
+    (note,) = said
+    assert note.startswith(f"note: search {record.name} of this experiment")
+    assert note.endswith(f"{python_command()} -m kdsearch.run {path} --resume")
