@@ -228,9 +228,10 @@ def _agreement_png(points: Sequence[Any], metric: str) -> Figure:
         ax.scatter([p.epoch for p in stops], [p.rho for p in stops], s=140, facecolors="none",
                    edgecolors="red", label="trials were stopped here")
     ax.axhline(0.5, color="0.5", ls="--", lw=1, label="0.5: below, a poor judge")
-    ax.set(title=f"{metric}: each epoch against the last, over the completed trials",
+    n = max(p.trials for p in shown)
+    ax.set(title=f"{metric}: each epoch against the last, over {n} completed trials",
            xlabel="epoch", ylabel="Spearman rank correlation", ylim=(-1.05, 1.05))
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     return fig
 
 
