@@ -83,7 +83,7 @@ search:
   metric: val_acc
   mode: max
   sampler: tpe
-  scheduler: {{name: asha, grace_period: 2, reduction_factor: 2}}
+  scheduler: {{name: agreement, grace_period: 2, reduction_factor: 2}}
 
 resources:
   cpus_per_trial: {cpus}

@@ -55,7 +55,7 @@ def test_split_folders_give_a_space_file_that_validates(tmp_path: Path,
     assert cfg.data.classes == CLASSES
     assert cfg.data.root == str((tmp_path / "mysport").resolve())
     assert cfg.teacher.model == "small3d" and cfg.teacher.weights == "none"
-    assert cfg.search.num_samples == 12 and cfg.search.scheduler.name == "asha"
+    assert cfg.search.num_samples == 12 and cfg.search.scheduler.name == "agreement"
     assert set(cfg.search.space) == {"alpha", "temperature", "lr", "backbone"}
     _fits(out, shortest=20, short_side=48)
     text = out.read_text()

@@ -240,5 +240,5 @@ def _loc_part(part: int | str) -> str:
 
 def _is_union_tag(part: int | str) -> bool:
     return part in ("uniform", "loguniform", "int", "choice", "asha", "hyperband", "median",
-                    "none", "str", "int",
-                    "float", "bool") and not isinstance(part, int)
+                    "agreement", "none", "str", "int", "float", "bool"
+                    ) and not isinstance(part, int)

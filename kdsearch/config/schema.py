@@ -244,7 +244,7 @@ class Agreement(_Model):
     that reached both), and never a trial within one standard error of the metric (on the
     validation videos) of the rung's cutoff (kdsearch.search.stopping)."""
 
-    name: Literal["agreement"]
+    name: Literal["agreement"] = "agreement"
     grace_period: Annotated[int, Field(ge=1)] = 1
     reduction_factor: Annotated[float, Field(ge=2)] = 2
     min_agreement: Annotated[float, Field(ge=-1, le=1)] = 0.5
@@ -274,7 +274,7 @@ class Search(_Model):
     mode: Literal["max", "min"] = "max"
     sampler: Literal["tpe", "random", "cmaes", "qmc"] = "tpe"
     scheduler: Annotated[Asha | HyperBand | Median | Agreement | NoScheduler,
-                         Field(discriminator="name")] = Asha()
+                         Field(discriminator="name")] = Agreement()
     # Configurations to train first (e.g. a paper's hand-picked alpha and temperature).
     points_to_evaluate: list[dict[str, str | int | float | bool]] = []
     warm_start: WarmStart | None = None

@@ -66,7 +66,7 @@ def plots_of(study: optuna.Study, search: Search,
         plots.append(Plot("optimization_history", history.title,
                           lambda: _history_png(history), lambda: _history_plotly(history)))
     if curves:
-        asha = " (short lines: stopped early by ASHA)" if search.scheduler.name == "asha" else ""
+        asha = (" (short lines: stopped early)" if search.scheduler.name != "none" else "")
         plots.append(Plot(
             "learning_curves", f"{metric} per epoch{asha}",
             lambda: _figure(_curves_axes(vm.plot_intermediate_values(study), metric, study)),
