@@ -28,8 +28,9 @@ from kdsearch.search.resume import (
     write_record,
 )
 from kdsearch.search.space import warm_trials
+from kdsearch.search.stopping import AgreementASHA
 from kdsearch.search.teacher_task import teacher_and_cache
-from kdsearch.search.tuner import make_tuner
+from kdsearch.search.tuner import make_scheduler, make_tuner
 from kdsearch.storage import join, local_dir, redact
 from kdsearch.text import python_command
 from kdsearch.track.callback import MLflowTrials
@@ -39,6 +40,7 @@ from kdsearch.track.runs import (
     completed_trials,
     fail_parent,
     finish_parent,
+    log_stopping,
     record_teacher,
     redacted_config,
     reopen_parent,
@@ -125,8 +127,12 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
         write_record(cfg, record)
         say(f"search: {cfg.search.num_samples} trials, {cfg.search.max_concurrent} at a time "
             f"({redact(join(searches_root(cfg), record.name))})")
+        scheduler = make_scheduler(cfg.search, cfg.student.epochs, len(data.val))
         results = make_tuner(cfg, ctx, record.name, callbacks, resume=prior is not None,
-                         warm=warm).fit()
+                             warm=warm, scheduler=scheduler).fit()
+        if isinstance(scheduler, AgreementASHA) and prior is None:
+            # A resumed search runs the scheduler Tune restored, not this one.
+            log_stopping(client, parent_id, scheduler.decisions())
         close_open_runs(client, experiment_id, parent_id)
         rows = _rows(results, trial_statuses(client, experiment_id, parent_id), cfg)
         best = best_row(rows, cfg.search.mode)

@@ -46,9 +46,11 @@ def make_scheduler(search: Search, max_t: int, n_val: int | None = None) -> Any:
 
 
 def make_tuner(cfg: SpaceConfig, ctx: TrialContext, name: str, callbacks: list[Any],
-           resume: bool, warm: Sequence[FrozenTrial] = ()) -> tune.Tuner:
+           resume: bool, warm: Sequence[FrozenTrial] = (), scheduler: Any = None
+           ) -> tune.Tuner:
     """A new Tuner for search ``name``, or the one saved there, restored (searcher state,
-    finished trials and the trials' last checkpoints included)."""
+    scheduler, finished trials and the trials' last checkpoints included). ``scheduler``: the
+    one a new Tuner uses (default: ``make_scheduler``'s)."""
     trainable = make_trainable(ctx)
     # A URI storage (s3://...) becomes a path plus the pyarrow filesystem that holds it.
     storage_path, filesystem = tune_storage(searches_root(cfg))
@@ -62,7 +64,8 @@ def make_tuner(cfg: SpaceConfig, ctx: TrialContext, name: str, callbacks: list[A
         trainable,
         tune_config=tune.TuneConfig(
             metric=cfg.search.metric, mode=cfg.search.mode, search_alg=searcher,
-            scheduler=make_scheduler(cfg.search, cfg.student.epochs, len(ctx.val)),
+            scheduler=scheduler if scheduler is not None else make_scheduler(
+                cfg.search, cfg.student.epochs, len(ctx.val)),
             num_samples=cfg.search.num_samples,
             max_concurrent_trials=cfg.search.max_concurrent,
             # A finished trial's process runs the next one: no new Python, torch import or

@@ -67,6 +67,17 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, Any],
         client.log_batch(run_id, metrics=batch)
 
 
+def log_stopping(client: MlflowClient, run_id: str,
+                 decisions: Sequence[Mapping[str, Any]]) -> None:
+    """What an ``agreement`` scheduler decided at each rung, on the parent run: metrics
+    ``stopping.<what>`` with step = the rung's epoch (agreement, pairs, cutoff, stopped,
+    unknown: let through as the rung's agreement was not established, within_noise, kept)."""
+    for rung in decisions:
+        log_metrics(client, run_id, {f"stopping.{key}": value for key, value in rung.items()
+                                     if key != "epoch" and value is not None},
+                    step=int(rung["epoch"]))
+
+
 def is_metric(key: str) -> bool:
     return key.startswith(("val_", "train_")) or key == "lr"
 

@@ -43,6 +43,8 @@ def test_each_scheduler_drives_a_search(scheduler: dict[str, Any], stops_early: 
     assert all(r.error is None for r in results) and len(epochs) == 8
     assert (min(epochs) < MAX_T) == stops_early
     assert MAX_T in epochs  # the best trials still train the full budget
+    if isinstance(built, AgreementASHA):  # the instance Tune ran counted its own decisions
+        assert sum(d["stopped"] for d in built.decisions()) == 8 - epochs.count(MAX_T)
     states = [t.state for t in searcher.study.trials]
     assert states.count(TrialState.COMPLETE) == epochs.count(MAX_T)
     assert states.count(TrialState.PRUNED) == 8 - epochs.count(MAX_T)

@@ -39,3 +39,24 @@ def test_a_search_records_to_an_mlflow_server(ray_local: None, server: str,
     # Artifacts went through the server to its store, not to a local folder of the search.
     assert any((tmp_path / "server-artifacts").rglob("confusion_matrix.png"))
     assert not (tmp_path / "mlartifacts").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_the_agreement_schedulers_decisions_are_logged_per_rung(tmp_path: Path) -> None:
+    from kdsearch.track.runs import log_stopping
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = client.create_run(client.create_experiment("x")).info.run_id
+    log_stopping(client, run_id, [
+        {"epoch": 1, "stopped": 0, "unknown": 3, "within_noise": 0, "kept": 2,
+         "agreement": None, "pairs": 1, "cutoff": 0.41},
+        {"epoch": 2, "stopped": 2, "unknown": 0, "within_noise": 1, "kept": 1,
+         "agreement": 0.8, "pairs": 5, "cutoff": 0.62}])
+
+    def history(key: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+    assert history("stopping.stopped") == [(1, 0.0), (2, 2.0)]
+    assert history("stopping.unknown") == [(1, 3.0), (2, 0.0)]
+    assert history("stopping.agreement") == [(2, 0.8)]  # none measured at epoch 1
+    assert history("stopping.cutoff") == [(1, 0.41), (2, 0.62)]
+    assert history("stopping.within_noise") == [(1, 0.0), (2, 1.0)]
