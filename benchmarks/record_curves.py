@@ -44,6 +44,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
 
 DEMO = REPO / "search_spaces" / "demo.yaml"
 METRICS = ("val_acc", "val_loss", "train_loss")
@@ -95,26 +96,10 @@ class Job:
     seed: int
 
 
-def draw(space: dict[str, Any], n: int, seed: int) -> list[dict[str, Any]]:
-    """``n`` configurations drawn uniformly from ``space`` (Optuna's RandomSampler)."""
-    import optuna
-
-    from kdsearch.config import Search
-    from kdsearch.search.space import optuna_space
-
-    distributions = optuna_space(Search.model_validate({"space": space}))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    drawn = []
-    for _ in range(n):
-        trial = study.ask(distributions)
-        drawn.append(dict(trial.params))
-        study.tell(trial, 0.0)
-    return drawn
-
-
 def record(space_path: Path, overrides: Sequence[str], out: Path, *, configs: int, seeded: int,
            extra_seeds: int, workers: int, sample_seed: int, workdir: Path) -> Path:
+    from objectives import draw
+
     from kdsearch.config.load import load_space
     from kdsearch.data.dataset import load_dataset, prepare_data
     from kdsearch.storage import local_dir
