@@ -120,6 +120,9 @@ class Teacher(_Model):
     lr: Annotated[float, Field(gt=0)] = 1e-3
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
     batch_size: Annotated[int, Field(ge=1)] = 8
+    # The teacher's own input; None: the model's native clip from the registry. Its clips
+    # cover the same time span and crop box as the student's (kdsearch.data.video).
+    clip: Clip | None = None
     # Decode and run the teacher once per view before the trials (kdsearch.train.cache).
     cache: bool = True
     cache_views: Annotated[int, Field(ge=1)] = 4
@@ -295,6 +298,15 @@ class Tracking(_Model):
     registered_model: Annotated[str, Field(min_length=1)] | None = None
 
 
+class Report(_Model):
+    """What a finished search measures besides its trials."""
+
+    # Train the best configuration again without the teacher (alpha 0) and both on
+    # ``kd_seeds`` seeds in all, and record what distillation added (kdsearch.search.baseline).
+    kd_baseline: bool = True
+    kd_seeds: Annotated[int, Field(ge=1)] = 3
+
+
 class SpaceConfig(_Model):
     experiment: Experiment
     data: Data
@@ -303,7 +315,11 @@ class SpaceConfig(_Model):
     search: Search = Search()
     resources: Resources = Resources()
     tracking: Tracking = Tracking()
+    report: Report = Report()
     storage: str = "kdsearch_results"
+    # Published weights from the torch hub cache only, never downloaded (also: --offline,
+    # KDSEARCH_OFFLINE=1).
+    offline: bool = False
 
     @property
     def tracking_uri(self) -> str:
