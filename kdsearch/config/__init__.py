@@ -8,7 +8,7 @@ functions that check names and folders. Never torch or Ray at import.
 """
 
 from kdsearch.config.checks import format_validation_error, search_space_problems
-from kdsearch.config.load import final_space, load_space
+from kdsearch.config.load import final_space, load_space, teacher_clip
 from kdsearch.config.schema import (
     PRETRAINED,
     SEARCHABLE,
@@ -41,5 +41,5 @@ __all__ = [
     "Experiment", "HyperBand", "IntRange", "LogUniform", "Median", "NoScheduler", "Resources",
     "Search", "SpaceConfig", "Student", "Teacher", "Tracking", "Uniform", "WarmStart",
     "final_space", "format_validation_error", "load_space", "search_space_problems",
-    "searched_values", "trial_student",
+    "searched_values", "teacher_clip", "trial_student",
 ]

@@ -12,7 +12,14 @@ import yaml
 from pydantic import ValidationError
 
 from kdsearch.config.checks import format_validation_error, search_space_problems
-from kdsearch.config.schema import PRETRAINED, SEARCHABLE, Choice, ConfigError, SpaceConfig
+from kdsearch.config.schema import (
+    PRETRAINED,
+    SEARCHABLE,
+    Choice,
+    Clip,
+    ConfigError,
+    SpaceConfig,
+)
 from kdsearch.storage import is_uri
 from kdsearch.text import did_you_mean
 
@@ -112,11 +119,38 @@ def _model_problems(cfg: SpaceConfig) -> list[str]:
                         f"{did_you_mean(cfg.student.backbone, students)}")
     if cfg.search.metric == "val_vote_acc":
         problems += _vote_problems(cfg, students)
+    if cfg.teacher.model in teachers:
+        problems += _teacher_clip_problems(cfg)
     if cfg.search.metric == "val_loss" and cfg.search.mode != "min":
         problems.append("search.mode: 'max' is wrong for metric val_loss; use min")
     if cfg.search.metric != "val_loss" and cfg.search.mode != "max":
         problems.append(f"search.mode: 'min' is wrong for metric {cfg.search.metric}; use max")
     return problems
+
+
+def teacher_clip(cfg: SpaceConfig) -> Clip:
+    """The clip the teacher sees: ``teacher.clip``, or the teacher model's native input from
+    the registry (its frames, stride and crop). It covers the same time span and crop box as
+    the student's clip (kdsearch.data.video.PairedClipDataset)."""
+    if cfg.teacher.clip is not None:
+        return cfg.teacher.clip
+    from kdsearch.models import get_spec
+
+    spec = get_spec(cfg.teacher.model)
+    return Clip(num_frames=spec.clip[0], stride=spec.stride, crop_size=spec.clip[1])
+
+
+def _teacher_clip_problems(cfg: SpaceConfig) -> list[str]:
+    from kdsearch.models import get_spec
+
+    clip, spec = cfg.teacher.clip, get_spec(cfg.teacher.model)
+    # MViT's positional embeddings fix its input; every other model takes any clip shape.
+    if (clip is not None and cfg.teacher.model == "mvit_v2_s"
+            and (clip.num_frames, clip.crop_size) != spec.clip):
+        return [f"teacher.clip: mvit_v2_s takes exactly {spec.clip[0]} frames at "
+                f"{spec.clip[1]} px, not {clip.num_frames} at {clip.crop_size}; leave "
+                "teacher.clip out to use its native input"]
+    return []
 
 
 def _vote_problems(cfg: SpaceConfig, students: list[str]) -> list[str]:

@@ -14,16 +14,17 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from kdsearch import storage
 from kdsearch.config import Clip, ConfigError, Data
 from kdsearch.data.index import IndexRow, index_path, index_split
 from kdsearch.data.layouts import Listing, list_split, stratified_split
 from kdsearch.data.synthetic import generate_synthetic
-from kdsearch.data.video import VideoClipDataset, VideoRecord
+from kdsearch.data.video import PairedClipDataset, VideoClipDataset, VideoRecord
 from kdsearch.storage import is_uri
 
 # Clips leave the loader as uint8 RGB; each model normalises its own input (after
@@ -237,10 +238,17 @@ def summarize(splits: DatasetSplits) -> list[str]:
 
 
 def make_loaders(train: Sequence[VideoRecord], val: Sequence[VideoRecord], clip: Clip,
-                 batch_size: int, *, val_clips_per_video: int, num_workers: int, seed: int
-                 ) -> tuple[DataLoader, DataLoader]:
+                 batch_size: int, *, val_clips_per_video: int, num_workers: int, seed: int,
+                 teacher: Clip | None = None) -> tuple[DataLoader, DataLoader]:
+    """Training and validation loaders of uint8 clips. With ``teacher`` (a teacher run
+    online), training batches also carry the teacher's own clip of each view, fourth."""
     shape = {"num_frames": clip.num_frames, "stride": clip.stride, "crop_size": clip.crop_size}
-    train_ds = VideoClipDataset(train, train=True, seed=seed, **shape, **_RAW)  # type: ignore[arg-type]
+    train_ds: Dataset[Any]
+    if teacher is None:
+        train_ds = VideoClipDataset(train, train=True, seed=seed, **shape, **_RAW)  # type: ignore[arg-type]
+    else:
+        train_ds = PairedClipDataset(train, student=_shape(clip), teacher=_shape(teacher),
+                                     seed=seed)
     val_ds = VideoClipDataset(val, train=False, clips_per_video=val_clips_per_video, seed=seed,
                               **shape, **_RAW)  # type: ignore[arg-type]
     generator = torch.Generator().manual_seed(seed)
@@ -250,3 +258,7 @@ def make_loaders(train: Sequence[VideoRecord], val: Sequence[VideoRecord], clip:
     val_loader = DataLoader(val_ds, batch_size=batch_size, shuffle=False,
                             **common)  # type: ignore[arg-type]
     return train_loader, val_loader
+
+
+def _shape(clip: Clip) -> tuple[int, int, int]:
+    return clip.num_frames, clip.stride, clip.crop_size

@@ -184,3 +184,91 @@ def _check_dataset_arguments(records: Sequence[VideoRecord], num_frames: int, st
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
         raise ValueError(f"The values of `mean` {tuple(mean)} and `std` {tuple(std)} must be "
                          "three numbers each (RGB), with std > 0")
+
+
+class PairedClipDataset(Dataset[tuple[torch.Tensor, int, int, torch.Tensor]]):
+    """Training views for a student and its teacher: each view is one time span, one crop box
+    and one flip, and both clips are sampled from it at each model's own frames, stride and
+    size, so the teacher's logits always belong to what the student saw.
+
+    The span is the longer of the two clips' extents; each clip is centred in it. Frames are
+    decoded once, for both clips, at the larger crop's resolution; the box is cut there and
+    the smaller clip is that same box resized down (area-averaged). Items are (student clip,
+    label, video index, teacher clip), both uint8 [3, T, S, S]. Randomness as in
+    :class:`VideoClipDataset` (train=True); :meth:`view` takes its own generator.
+    """
+
+    def __init__(self, records: Sequence[VideoRecord], *, student: tuple[int, int, int],
+                 teacher: tuple[int, int, int], seed: int = 0) -> None:
+        """``student`` and ``teacher`` are (num_frames, stride, crop_size)."""
+        self.student, self.teacher, self.seed = student, teacher, seed
+        crop = max(student[2], teacher[2])
+        extent = max(_extent(student), _extent(teacher))
+        # Decodes at the larger crop; its num_frames and stride give the span's extent.
+        self.decoder = VideoClipDataset(records, num_frames=extent, stride=1, crop_size=crop,
+                                        train=True, uint8=True)
+        for shape in (student, teacher):
+            _check_dataset_arguments(records, shape[0], shape[1], shape[2], 1, (0, 0, 0),
+                                     (1, 1, 1))
+
+    @property
+    def records(self) -> list[VideoRecord]:
+        return self.decoder.records
+
+    def __len__(self) -> int:
+        return len(self.decoder.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, torch.Tensor]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} is out of range for {len(self)} videos")
+        rng = np.random.default_rng([self.seed % 2**64, index,
+                                     int(torch.randint(0, 2**62, ()).item())])
+        student, teacher = self.view(index, rng)
+        return student, self.records[index].label, index, teacher
+
+    def view(self, video: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(student clip, teacher clip) of one random view of video ``video``."""
+        start = int(rng.integers(0, self.decoder._last_start(video) + 1))
+        try:
+            frames, rows = self._frames(video, start)
+        except DecodeError as error:
+            if start == 0:
+                raise
+            try:  # as VideoClipDataset.clip: the clip from the start is the likeliest to decode
+                frames, rows = self._frames(video, 0)
+            except DecodeError as retry_error:
+                raise DecodeError(f"{_describe(self.records[video])}: the view from frame "
+                                  f"{start} ({error}) and the retry from frame 0 "
+                                  f"({retry_error}) do not decode") from retry_error
+        size = self.decoder.crop_size
+        top, left = _crop_corner(frames.shape[1], frames.shape[2], size, rng)
+        box = frames[:, top:top + size, left:left + size]
+        if rng.random() < 0.5:
+            box = box[:, :, ::-1]
+        return (_resized(box[rows[0]], self.student[2]), _resized(box[rows[1]], self.teacher[2]))
+
+    def _frames(self, video: int, start: int) -> tuple[np.ndarray, tuple[list[int], list[int]]]:
+        """The decoded frames both clips need (each once) from the span starting at ``start``,
+        and each clip's rows among them."""
+        count = self.decoder.video_frames(video)
+        span = self.decoder.num_frames
+        wanted = [clip_indices(count, start + (span - _extent(shape)) // 2, shape[0], shape[1])
+                  for shape in (self.student, self.teacher)]
+        union = sorted(set(wanted[0]) | set(wanted[1]))
+        row = {frame: i for i, frame in enumerate(union)}
+        frames = self.decoder._read(self.records[video], union)
+        return frames, ([row[f] for f in wanted[0]], [row[f] for f in wanted[1]])
+
+
+def _extent(shape: tuple[int, int, int]) -> int:
+    """Frames a clip of (num_frames, stride, crop) spans, first to last."""
+    return (shape[0] - 1) * shape[1] + 1
+
+
+def _resized(frames: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 (T, S, S, 3) -> uint8 [3, T, size, size]; area-averaged when smaller."""
+    clip = torch.from_numpy(np.ascontiguousarray(frames.transpose(3, 0, 1, 2)))
+    if clip.shape[-1] == size:
+        return clip
+    smaller = torch.nn.functional.interpolate(clip.float(), size=(size, size), mode="area")
+    return smaller.round_().clamp_(0, 255).to(torch.uint8)

@@ -37,7 +37,7 @@ class WeightsError(ValueError):
 class ModelSpec:
     """A registry entry: where a model comes from, what input it expects, which weights exist.
 
-    ``clip`` is the recommended ``(num_frames, crop_size)``; every model except ``mvit_v2_s``
+    ``clip`` is the recommended ``(num_frames, crop_size)`` and ``stride`` its frame stride; every model except ``mvit_v2_s``
     also runs on other clip shapes (``T >= 4``, ``H = W >= 32``). ``weights_file`` is the
     checkpoint's basename in ``torch.hub.get_dir()/checkpoints`` and ``weights_url`` where a
     user can fetch it by hand; kdsearch itself never downloads anything.
@@ -55,6 +55,9 @@ class ModelSpec:
     description: str
     # The model scores every frame (``frame_logits``), so videos can also be decided by vote.
     frame_level: bool = False
+    # Frames between the sampled frames of the recommended clip (at 25-30 fps): with ``clip``
+    # the input the weights were trained on, which a teacher gets by default (teacher.clip).
+    stride: int = 2
 
     def __post_init__(self) -> None:
         if not self.roles or not self.roles <= set(ROLES):

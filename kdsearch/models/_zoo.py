@@ -116,7 +116,8 @@ def _resnet18_tsn(num_classes: int) -> nn.Module:
 
 
 def _kinetics(
-    name: str, roles: set[str], source: str, clip: tuple[int, int], file: str, description: str
+    name: str, roles: set[str], source: str, clip: tuple[int, int], file: str, description: str,
+    stride: int,
 ) -> ModelSpec:
     # torchvision's MViT was trained with pytorchvideo's normalisation, not its video ResNets'.
     tv_norm = source == "torchvision" and name != "mvit_v2_s"
@@ -131,6 +132,7 @@ def _kinetics(
         weights_file=file,
         weights_url=f"{_TV_URL if source == 'torchvision' else _PTV_URL}/{file}",
         description=description,
+        stride=stride,
     )
 
 
@@ -142,22 +144,27 @@ def _register() -> None:
         ("r2plus1d_18", tv_video.r2plus1d_18, "r2plus1d_18-91a641e6.pth", 67.46, "R(2+1)D-18"),
     ]:
         desc = f"{what} (Tran et al. 2018), Kinetics-400 acc@1 {acc}"
-        spec = _kinetics(name, both, "torchvision", (16, 112), file, desc)
+        # torchvision's reference recipe: 16 frames at 15 fps of 30 fps videos.
+        spec = _kinetics(name, both, "torchvision", (16, 112), file, desc, stride=2)
         register_model(spec, _torchvision_video(fn, "fc"))
     desc = "MViTv2-S (Li et al. 2022), Kinetics-400 acc@1 80.76; input exactly 16x224x224"
-    spec = _kinetics("mvit_v2_s", {"teacher"}, "torchvision", (16, 224), _MVIT_FILE, desc)
+    spec = _kinetics("mvit_v2_s", {"teacher"}, "torchvision", (16, 224), _MVIT_FILE, desc,
+                     stride=4)
     register_model(spec, _mvit_v2_s)
-    for name, roles, clip, file, acc in [
-        ("x3d_xs", {"student"}, (4, 160), "X3D_XS.pyth", 69.12),
-        ("x3d_s", {"teacher"}, (13, 160), "X3D_S.pyth", 73.33),
-        ("x3d_m", {"teacher"}, (16, 224), "X3D_M.pyth", 75.94),
+    # pytorchvideo's model zoo: frames x sampling rate (at 30 fps) of each model's recipe.
+    for name, roles, clip, stride, file, acc in [
+        ("x3d_xs", {"student"}, (4, 160), 12, "X3D_XS.pyth", 69.12),
+        ("x3d_s", {"teacher"}, (13, 160), 6, "X3D_S.pyth", 73.33),
+        ("x3d_m", {"teacher"}, (16, 224), 5, "X3D_M.pyth", 75.94),
     ]:
         desc = f"{name.upper().replace('_', '-')} (Feichtenhofer 2020), Kinetics-400 acc@1 {acc}"
         register_model(
-            _kinetics(name, roles, "pytorchvideo", clip, file, desc), _pytorchvideo(name)
+            _kinetics(name, roles, "pytorchvideo", clip, file, desc, stride),
+            _pytorchvideo(name),
         )
     desc = "Slow-only ResNet-50 8x8 (Feichtenhofer et al. 2019), Kinetics-400 acc@1 74.58"
-    spec = _kinetics("slow_r50", {"teacher"}, "pytorchvideo", (8, 224), "SLOW_8x8_R50.pyth", desc)
+    spec = _kinetics("slow_r50", {"teacher"}, "pytorchvideo", (8, 224), "SLOW_8x8_R50.pyth", desc,
+                     stride=8)
     register_model(spec, _pytorchvideo("slow_r50"))
     spec = ModelSpec(
         name="resnet18_tsn",
@@ -172,6 +179,7 @@ def _register() -> None:
         description="2D ResNet-18 on every frame, logits averaged over time (SoccerKDNet "
         "student), ImageNet-1k acc@1 69.76",
         frame_level=True,
+        stride=4,  # 8 frames spread over about a second, as TSN's segments
     )
     register_model(spec, _resnet18_tsn)
 

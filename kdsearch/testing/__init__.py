@@ -19,7 +19,9 @@ TINY_SPACE: dict[str, Any] = {
     "data": {"format": "synthetic", "root": "data/tiny",
              "synthetic": {"train_per_class": 4, "val_per_class": 2, "num_frames": 12,
                            "size": 32, "seed": 0}},
-    "teacher": {"model": "small3d", "epochs": 1, "batch_size": 8},
+    # The teacher sees its own clip of each view: more frames, closer together.
+    "teacher": {"model": "small3d", "epochs": 1, "batch_size": 8,
+                "clip": {"num_frames": 8, "stride": 1, "crop_size": 32}},
     "student": {"backbone": "tiny3d", "epochs": 2, "batch_size": 8,
                 "clip": {"num_frames": 4, "stride": 2, "crop_size": 32}},
     "search": {"space": {"alpha": {"type": "uniform", "low": 0.1, "high": 0.9},

@@ -6,8 +6,11 @@ memory-mapped ``.npy`` file, the teacher's logits in a Parquet table keyed by (v
 Validation clips are stored the same way (no teacher needed). Trials map the files read-only:
 every trial on a node shares one copy in the page cache instead of decoding its own.
 
-In each epoch a trial draws one of the views per video, so the student sees exactly the clip
-the teacher saw and the soft targets are never stale. No augmentation is applied on top: a
+A view is one time span, crop box and flip; the teacher's clip and the student's are both
+cut from it, each at its own frames, stride and size (``teacher.clip``, ``student.clip``;
+kdsearch.data.video.PairedClipDataset). In each epoch a trial draws one of the views per
+video, so the student sees exactly the view the teacher scored and the soft targets are
+never stale. No augmentation is applied on top: a
 crop or flip would change the clip the teacher's logits belong to.
 """
 
@@ -31,14 +34,14 @@ from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset
 
 from kdsearch import storage
-from kdsearch.config import SpaceConfig
+from kdsearch.config import SpaceConfig, teacher_clip
 from kdsearch.data.dataset import DatasetSplits
-from kdsearch.data.video import VideoClipDataset, VideoRecord
+from kdsearch.data.video import PairedClipDataset, VideoClipDataset, VideoRecord
 from kdsearch.models.checkpoints import load_teacher
 from kdsearch.storage import is_uri
 from kdsearch.train.loop import autocast, pick_device, to_channels_last, to_model_input
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the teacher sees its own clip of each view
 META = "meta.json"
 TRAIN_CLIPS = "train_clips.npy"
 VAL_CLIPS = "val_clips.npy"
@@ -58,7 +61,8 @@ def cache_key(cfg: SpaceConfig, data: DatasetSplits, teacher_path: Path | str) -
         size, mtime_ns = stat.st_size, stat.st_mtime_ns
     payload = {"version": CACHE_VERSION, "data": data.fingerprint,
                "teacher": [storage.redact(teacher_path), size, mtime_ns],
-               "clip": cfg.student.clip.model_dump(), "views": cfg.teacher.cache_views,
+               "clip": cfg.student.clip.model_dump(),
+               "teacher_clip": teacher_clip(cfg).model_dump(), "views": cfg.teacher.cache_views,
                "val_clips": cfg.student.val_clips_per_video, "seed": cfg.search.seed}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -121,24 +125,24 @@ def _build_locked(root: Path, key: str, cfg: SpaceConfig, data: DatasetSplits,
     return folder
 
 
-class _Views(Dataset[tuple[torch.Tensor, int]]):
+class _Views(Dataset[tuple[torch.Tensor, int, torch.Tensor]]):
     """View ``v`` of video ``i`` (item ``i * views + v``) with its own seeded randomness, so
-    the same settings always draw the same views."""
+    the same settings always draw the same views: (student clip, item, teacher clip)."""
 
     def __init__(self, records: tuple[VideoRecord, ...], cfg: SpaceConfig) -> None:
-        clip = cfg.student.clip
-        self.clips = VideoClipDataset(records, num_frames=clip.num_frames, stride=clip.stride,
-                                      crop_size=clip.crop_size, train=True, uint8=True)
+        shapes = [(c.num_frames, c.stride, c.crop_size)
+                  for c in (cfg.student.clip, teacher_clip(cfg))]
+        self.clips = PairedClipDataset(records, student=shapes[0], teacher=shapes[1])
         self.views, self.seed = cfg.teacher.cache_views, cfg.search.seed
 
     def __len__(self) -> int:
-        return len(self.clips.records) * self.views
+        return len(self.clips) * self.views
 
-    def __getitem__(self, item: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, int, torch.Tensor]:
         video, view = divmod(item, self.views)
         rng = np.random.default_rng([self.seed % 2**32, video, view])
-        start = int(rng.integers(0, self.clips._last_start(video) + 1))
-        return self.clips.clip(video, start, rng), item
+        student, teacher = self.clips.view(video, rng)
+        return student, item, teacher
 
 
 def _build(cfg: SpaceConfig, data: DatasetSplits, teacher_path: Path | str, folder: Path,
@@ -149,6 +153,10 @@ def _build(cfg: SpaceConfig, data: DatasetSplits, teacher_path: Path | str, fold
     teacher = to_channels_last(load_teacher(teacher_path, device), device,
                                cfg.student.channels_last)
     views = _Views(data.train, cfg)
+    shape = teacher_clip(cfg)
+    log(f"cache: teacher {cfg.teacher.model} at {shape.num_frames}x{shape.crop_size} px "
+        f"(stride {shape.stride}), student at {cfg.student.clip.num_frames}x"
+        f"{cfg.student.clip.crop_size} px (stride {cfg.student.clip.stride})")
     log(f"cache: {len(data.train)} training videos x {views.views} views and "
         f"{len(data.val)} validation videos x {cfg.student.val_clips_per_video} clips")
     logits = _write_clips(folder / TRAIN_CLIPS, views, cfg, log, teacher, device)
@@ -167,6 +175,7 @@ def _build(cfg: SpaceConfig, data: DatasetSplits, teacher_path: Path | str, fold
             "train_labels": [r.label for r in data.train],
             "val_clips_per_video": cfg.student.val_clips_per_video,
             "val_labels": [r.label for r in data.val], "teacher": storage.redact(teacher_path),
+            "teacher_clip": shape.model_dump(),
             "seconds": time.monotonic() - start}
     (folder / META).write_text(json.dumps(meta))
     log(f"cache: built in {time.monotonic() - start:.0f}s")
@@ -195,12 +204,12 @@ def _write_clips(path: Path, dataset: Dataset, cfg: SpaceConfig, log: Log,
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=cfg.data.num_workers)
     logits: np.ndarray | None = None
     last = time.monotonic()
-    for done, (clips, items) in enumerate(loader, 1):
+    for done, (clips, items, *teacher_clips) in enumerate(loader, 1):
         out[items.numpy()] = clips.numpy()
         if teacher is not None:
             assert device is not None
             with torch.no_grad(), autocast(device, cfg.student.bf16):
-                inputs = to_model_input(clips, device, cfg.student.channels_last)
+                inputs = to_model_input(teacher_clips[0], device, cfg.student.channels_last)
                 batch = teacher(inputs).float().cpu().numpy()
             if logits is None:
                 logits = np.zeros((n, batch.shape[1]), dtype=np.float32)

@@ -1,7 +1,9 @@
 """The teacher stage: fine-tune the teacher on the user's classes once per search.
 
-A fine-tuned teacher is saved under ``<storage>/teachers/<key>/`` where the key covers the
-teacher settings, the clip shape and the training data (paths, sizes, modification times);
+The teacher trains and is evaluated on its own clip (``teacher.clip``: by default the model's
+native input from the registry), not the student's. A fine-tuned teacher is saved under
+``<storage>/teachers/<key>/`` where the key covers the teacher settings, its clip and the
+training data (paths, sizes, modification times);
 a later search with the same key reuses it instead of training again. ``storage`` may be a
 URI (``s3://...``): the teacher is then uploaded there, and each node that loads it copies
 it to local disk once (``kdsearch.models.checkpoints.load_teacher``).
@@ -22,7 +24,7 @@ from typing import Any
 import torch
 
 from kdsearch import storage
-from kdsearch.config import ConfigError, SpaceConfig
+from kdsearch.config import ConfigError, SpaceConfig, teacher_clip
 from kdsearch.data.dataset import DatasetSplits, make_loaders
 from kdsearch.models import WeightsError, build_model, get_head
 from kdsearch.models.checkpoints import TEACHER_FILE, save_teacher
@@ -49,8 +51,8 @@ class TeacherResult:
 
 def teacher_key(cfg: SpaceConfig, data: DatasetSplits) -> str:
     # The cache settings decide what is done with the teacher, not the teacher itself.
-    teacher = cfg.teacher.model_dump(exclude={"cache", "cache_views", "cache_dir"})
-    payload = {"teacher": teacher, "clip": cfg.student.clip.model_dump(),
+    teacher = cfg.teacher.model_dump(exclude={"cache", "cache_views", "cache_dir", "clip"})
+    payload = {"teacher": teacher, "clip": teacher_clip(cfg).model_dump(),
                "classes": list(data.classes), "data": data.fingerprint,
                "seed": cfg.search.seed, "val_clips": cfg.student.val_clips_per_video}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -125,7 +127,7 @@ def _finetune(cfg: SpaceConfig, data: DatasetSplits, log: Callable[[str], None]
     optimizer = make_optimizer(params, "adamw", t.lr, t.weight_decay, 0.9)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(t.epochs, 1))
     train_loader, val_loader = make_loaders(
-        data.train, data.val, cfg.student.clip, t.batch_size, seed=cfg.search.seed,
+        data.train, data.val, teacher_clip(cfg), t.batch_size, seed=cfg.search.seed,
         val_clips_per_video=cfg.student.val_clips_per_video, num_workers=cfg.data.num_workers)
     clock = [time.monotonic()]
 

@@ -185,3 +185,30 @@ def test_final_space_trains_one_configuration(tmp_path: Path, base_space: dict[s
     assert cfg.experiment.name == "demo-final"
     assert cfg.teacher == load_space(DEMO, cwd=tmp_path).teacher
     assert final_space(base_space, {})["experiment"] == base_space["experiment"]
+
+
+@pytest.mark.parametrize(("model", "expected"), [
+    ("small3d", (8, 2, 64)), ("x3d_m", (16, 5, 224)), ("slow_r50", (8, 8, 224)),
+    ("r3d_18", (16, 2, 112)),
+])
+def test_the_teacher_clip_defaults_to_the_models_native_input(
+        tmp_path: Path, model: str, expected: tuple[int, int, int]) -> None:
+    from kdsearch.config import teacher_clip
+
+    cfg = load_space(write_space(tmp_path, **{"teacher.model": model}), cwd=tmp_path)
+    assert cfg.teacher.clip is None
+    clip = teacher_clip(cfg)
+    assert (clip.num_frames, clip.stride, clip.crop_size) == expected
+    given = {"num_frames": 12, "stride": 3, "crop_size": 96}
+    cfg = load_space(write_space(tmp_path, **{"teacher.model": model, "teacher.clip": given}),
+                     cwd=tmp_path)
+    assert teacher_clip(cfg).model_dump() == given
+
+
+def test_a_teacher_clip_that_its_model_cannot_take_names_the_path(tmp_path: Path) -> None:
+    found = problems(write_space(tmp_path, **{
+        "teacher.model": "mvit_v2_s", "teacher.clip": {"num_frames": 8, "crop_size": 224}}))
+    assert any(p.startswith("teacher.clip: mvit_v2_s takes exactly 16 frames at 224 px")
+               for p in found), found
+    found = problems(write_space(tmp_path, **{"teacher.clip": {"num_frames": 0}}))
+    assert any(p.startswith("teacher.clip.num_frames:") for p in found), found

@@ -257,3 +257,79 @@ def test_dataset_rejects_empty_records_and_bad_statistics(ramps: list[VideoRecor
     with pytest.raises(ValueError, match="std > 0"):
         VideoClipDataset(ramps, num_frames=4, stride=2, crop_size=16, train=False,
                          std=(0.2, 0.0, 0.2))
+
+
+# --- paired student and teacher clips ----------------------------------------------------------
+
+def _gradient_video(path: Path, num_frames: int = 40, size: int = 64) -> Path:
+    """Frame i: blue 6 * i everywhere (time), red rising left to right and green top to
+    bottom (position), so a clip shows which frames and which box it came from."""
+    from kdsearch.data import write_video
+
+    ramp = np.linspace(0, 255, size).astype(np.uint8)
+    frames = np.zeros((num_frames, size, size, 3), dtype=np.uint8)
+    frames[..., 0] = ramp[None, None, :]
+    frames[..., 1] = ramp[None, :, None]
+    frames[..., 2] = (np.arange(num_frames, dtype=np.uint8) * 6)[:, None, None]
+    write_video(path, frames, fps=8)
+    return path
+
+
+@pytest.mark.parametrize(("student", "teacher"), [
+    ((4, 4, 16), (8, 2, 32)),   # the teacher sees more frames, closer together, and more pixels
+    ((8, 2, 32), (4, 3, 16)),   # the student's clip is the larger one
+    ((6, 2, 24), (6, 2, 24)),   # same shape: both clips are the same
+])
+def test_paired_clips_share_one_span_and_box(tmp_path: Path, student: tuple[int, int, int],
+                                             teacher: tuple[int, int, int]) -> None:
+    from kdsearch.data.video import PairedClipDataset
+
+    video = VideoRecord(_gradient_video(tmp_path / "g.mp4"), 1, 40)
+    dataset = PairedClipDataset([video], student=student, teacher=teacher)
+    for seed in range(6):
+        s, t = dataset.view(0, np.random.default_rng(seed))
+        assert s.dtype == t.dtype == torch.uint8
+        assert s.shape == (3, student[0], student[2], student[2])
+        assert t.shape == (3, teacher[0], teacher[2], teacher[2])
+        # Time: each clip keeps its own stride, and both are centred on one span.
+        s_frames = s[2].float().mean(dim=(1, 2)).numpy() / 6
+        t_frames = t[2].float().mean(dim=(1, 2)).numpy() / 6
+        np.testing.assert_allclose(np.diff(s_frames), student[1], atol=0.6)
+        np.testing.assert_allclose(np.diff(t_frames), teacher[1], atol=0.6)
+        s_centre, t_centre = s_frames.mean(), t_frames.mean()
+        assert abs(s_centre - t_centre) <= 1.0, (seed, s_frames, t_frames)
+        # Space: the same box (and flip) in both: the smaller clip is the larger one's box
+        # resized, so their mean red and green (position) agree.
+        for channel in (0, 1):
+            assert abs(s[channel].float().mean() - t[channel].float().mean()) < 3, (seed, channel)
+        if student == teacher:
+            assert torch.equal(s, t)
+
+
+def test_paired_clips_see_different_boxes_and_flips_across_views(tmp_path: Path) -> None:
+    from kdsearch.data.video import PairedClipDataset
+
+    video = VideoRecord(_gradient_video(tmp_path / "g.mp4"), 0, 40)
+    dataset = PairedClipDataset([video], student=(4, 2, 16), teacher=(8, 2, 32))
+    # The red ramp's direction across a clip: rising, or falling when flipped.
+    flips = set()
+    reds = set()
+    for seed in range(12):
+        s, t = dataset.view(0, np.random.default_rng(seed))
+        s_dir = float(s[0, 0, :, -1].float().mean() - s[0, 0, :, 0].float().mean())
+        t_dir = float(t[0, 0, :, -1].float().mean() - t[0, 0, :, 0].float().mean())
+        assert (s_dir > 0) == (t_dir > 0), seed
+        flips.add(s_dir > 0)
+        reds.add(round(float(t[0].float().mean())))
+    assert flips == {True, False} and len(reds) > 2
+
+
+def test_paired_clips_in_a_dataloader(tmp_path: Path) -> None:
+    from kdsearch.data.video import PairedClipDataset
+
+    records = [VideoRecord(_gradient_video(tmp_path / f"{i}.mp4", num_frames=20), i, 20)
+               for i in range(3)]
+    dataset = PairedClipDataset(records, student=(4, 2, 16), teacher=(8, 1, 32))
+    s, labels, videos, t = next(iter(DataLoader(dataset, batch_size=3)))
+    assert s.shape == (3, 3, 4, 16, 16) and t.shape == (3, 3, 8, 32, 32)
+    assert labels.tolist() == videos.tolist() == [0, 1, 2]

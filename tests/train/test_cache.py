@@ -72,12 +72,15 @@ def test_kd_loss_from_the_cache_equals_the_online_kd_loss(
     views = _Views(data.train, cfg)
     online = torch.stack([views[r][0] for r in rows])
     assert torch.equal(online, clips)
+    # The teacher scored its own clip of each view: more frames than the student's.
+    teacher_clips = torch.stack([views[r][2] for r in rows])
+    assert teacher_clips.shape[2] == 8 and clips.shape[2] == cfg.student.clip.num_frames == 4
     assert [r // cache.views for r in rows] == videos.tolist()
     teacher = load_teacher(teacher_path, torch.device("cpu"))
     torch.manual_seed(0)
     student = build_model("tiny3d", len(data.classes), "none", "student").eval()
     with torch.no_grad():
-        online_logits = teacher(to_model_input(online, torch.device("cpu")))
+        online_logits = teacher(to_model_input(teacher_clips, torch.device("cpu")))
         student_logits = student(to_model_input(clips, torch.device("cpu")))
     assert torch.allclose(online_logits, cached_logits, atol=1e-5)
     from_cache = kd_loss(student_logits, cached_logits, labels, 0.7, 4.0)
@@ -134,6 +137,7 @@ def test_the_same_settings_reuse_the_cache_and_other_settings_rebuild(
     for update in ({"teacher": cfg.teacher.model_copy(update={"cache_views": 2})},
                    {"student": cfg.student.model_copy(update={"clip": cfg.student.clip.model_copy(
                        update={"num_frames": 6})})},
+                   {"teacher": cfg.teacher.model_copy(update={"clip": None})},
                    {"search": cfg.search.model_copy(update={"seed": 1})}):
         assert cache_key(cfg.model_copy(update=update), data, teacher_path) != folder.name
 
