@@ -98,6 +98,7 @@ from kdsearch.train.loop import (  # noqa: E402
     to_channels_last,
     train_epochs,
 )
+from kdsearch.train.losses import Distillation  # noqa: E402
 from kdsearch.train.teacher import prepare_teacher  # noqa: E402
 from kdsearch.train.trial import TrialContext, fit  # noqa: E402
 
@@ -393,7 +394,7 @@ def _limit_run(ctx: TrialContext) -> Run:
 
     train_epochs(student, optimizer, schedule, train_batches=train.__getitem__,
                  val_batches=val, device=device, classes=ctx.classes, epochs=epochs,
-                 alpha=settings.alpha, temperature=settings.temperature,
+                 distillation=Distillation.from_student(settings),
                  bf16=cfg.student.bf16, channels_last=cfg.student.channels_last,
                  on_epoch=done)
     return Run([b - a for a, b in zip(stamps, stamps[1:], strict=False)], losses)

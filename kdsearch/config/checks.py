@@ -53,7 +53,8 @@ def _value_problem(name: str, value: Any) -> str | None:
     field = Student.model_fields[name]
     if get_origin(field.annotation) is Literal:
         allowed = get_args(field.annotation)
-        return None if value in allowed else f"is not one of {', '.join(map(str, allowed))}"
+        return None if value in allowed else (f"is not one of {', '.join(map(str, allowed))}"
+                                              f"{did_you_mean(str(value), allowed)}")
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return "is not a finite number"
     bounds = {type(rule).__name__: getattr(rule, type(rule).__name__.lower())
@@ -94,12 +95,19 @@ def _value_problems(search: Search) -> list[str]:
                 rule = _value_problem(name, value)
                 if rule:
                     problems.append(f"search.space.{name}.values[{i}]: {value!r} {rule}")
-        elif name in ("backbone", "optimizer"):
+        elif _categorical(name):
             problems.append(f"search.space.{name}.type: {dist.type!r} must be 'choice' "
                             "for a categorical setting")
         else:
             problems.extend(_range_problems(name, dist))
     return problems
+
+
+def _categorical(name: str) -> bool:
+    """A student setting whose values are names (``str`` or a ``Literal``): only a choice
+    can search it."""
+    annotation = Student.model_fields[name].annotation
+    return annotation is str or get_origin(annotation) is Literal
 
 
 def _condition_problems(search: Search) -> list[str]:
@@ -214,7 +222,8 @@ def _step(annotation: Any, part: int | str) -> Any:
         for member in get_args(annotation):
             inner = _model(_unwrap(member))
             tag = inner and next((f for f in ("type", "name") if f in inner.model_fields), None)
-            if inner is not None and tag and part in get_args(inner.model_fields[tag].annotation):
+            if inner is not None and isinstance(tag, str) and part in get_args(
+                    inner.model_fields[tag].annotation):
                 return inner
     return None
 

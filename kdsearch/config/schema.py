@@ -146,6 +146,20 @@ class Student(_Model):
     momentum: Annotated[float, Field(ge=0, le=1, json_schema_extra=_SEARCHABLE)] = 0.9
     batch_size: Annotated[int, Field(ge=1, json_schema_extra=_SEARCHABLE)] = 8
     optimizer: Annotated[Literal["sgd", "adamw"], Field(json_schema_extra=_SEARCHABLE)] = "adamw"
+    # The teacher term (kdsearch.train.losses, docs/distillation.md); "kd" uses temperature.
+    kd_loss: Annotated[Literal["kd", "dkd", "dist"], Field(json_schema_extra=_SEARCHABLE)] = "kd"
+    # DKD (also at temperature). alpha 1, beta 8: mdistiller's defaults, at T 4 as here.
+    dkd_alpha: Annotated[float, Field(ge=0, json_schema_extra=_SEARCHABLE)] = 1.0
+    dkd_beta: Annotated[float, Field(ge=0, json_schema_extra=_SEARCHABLE)] = 8.0
+    # Epochs of linear warm-up of the DKD term, counted from 1 (0 or 1: none). mdistiller
+    # warms up over 20 of 240 epochs, which would keep a 10-epoch trial below full strength
+    # throughout (at most half strength); 2 keeps its purpose (epoch 1 at half strength: a
+    # fresh student is not hit by beta 8 at once) and gives the full term from epoch 2 on.
+    dkd_warmup: Annotated[int, Field(ge=0, json_schema_extra=_SEARCHABLE)] = 2
+    # DIST: the authors' ImageNet setting (tau 1, beta = gamma = 1), mmrazor's defaults.
+    dist_tau: Annotated[float, Field(gt=0, json_schema_extra=_SEARCHABLE)] = 1.0
+    dist_beta: Annotated[float, Field(ge=0, json_schema_extra=_SEARCHABLE)] = 1.0
+    dist_gamma: Annotated[float, Field(ge=0, json_schema_extra=_SEARCHABLE)] = 1.0
     weights: str = "none"
     epochs: Annotated[int, Field(ge=1)] = 10
     clip: Clip = Clip()

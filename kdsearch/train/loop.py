@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdsearch.train.losses import kd_loss
+from kdsearch.train.losses import Distillation
 from kdsearch.train.metrics import classification_metrics, metric_key
 
 # (clips, labels, video index[, cached teacher logits])
@@ -85,14 +85,17 @@ def make_optimizer(params: Iterable[nn.Parameter], name: str, lr: float, weight_
 
 
 def train_one_epoch(student: nn.Module, loader: Iterable[Batch], optimizer: torch.optim.Optimizer,
-                    device: torch.device, teacher: nn.Module | None = None, alpha: float = 0.0,
-                    temperature: float = 1.0, *, bf16: bool = False,
-                    channels_last: bool = False) -> dict[str, float]:
-    """One pass over ``loader``; with alpha > 0 the loss is the KD loss.
+                    device: torch.device, teacher: nn.Module | None = None,
+                    distillation: Distillation | None = None, *, epoch: int = 1,
+                    bf16: bool = False, channels_last: bool = False) -> dict[str, float]:
+    """One pass over ``loader``, epoch ``epoch`` (from 1: DKD's warm-up counts it); with a
+    ``distillation`` of alpha > 0 the loss is its distillation loss, else (None, or alpha 0)
+    plain cross-entropy without running the teacher.
 
     The teacher's logits come from the batch's fourth element when the loader has them
     (the clip cache), else from running ``teacher`` on the clips.
     """
+    alpha = distillation.alpha if distillation is not None else 0.0
     student.train()
     if teacher is not None:
         teacher.eval()
@@ -104,8 +107,8 @@ def train_one_epoch(student: nn.Module, loader: Iterable[Batch], optimizer: torc
         with autocast(device, bf16):
             logits = student(clips).float()
             teacher_logits = _teacher_logits(batch, clips, teacher, alpha, device)
-        if teacher_logits is not None:
-            loss, ce, kd = kd_loss(logits, teacher_logits, labels, alpha, temperature)
+        if teacher_logits is not None and distillation is not None:
+            loss, ce, kd = distillation.loss(logits, teacher_logits, labels, epoch)
         else:
             loss = ce = F.cross_entropy(logits, labels)
             kd = torch.zeros((), device=device)
@@ -131,10 +134,13 @@ def _teacher_logits(batch: Sequence[torch.Tensor], clips: torch.Tensor,
                     ) -> torch.Tensor | None:
     if alpha <= 0:
         return None  # plain supervised training: the teacher is not even run
-    if len(batch) > 3:
+    if len(batch) > 3 and batch[3].dim() == 2:  # the clip cache's teacher logits
         return batch[3].to(device, non_blocking=True).float()
     if teacher is None:
         raise ValueError("alpha > 0 needs a teacher or a loader with cached teacher logits")
+    if len(batch) > 3:  # the teacher's own clip of the student's view (PairedClipDataset)
+        layout = clips.is_contiguous(memory_format=torch.channels_last_3d)
+        clips = to_model_input(batch[3], device, layout and device.type == "cuda")
     with torch.no_grad():
         return teacher(clips).float()
 
@@ -267,12 +273,13 @@ EpochDone = Callable[[int, float, dict[str, Any]], None]
 def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, *,
                  train_batches: Callable[[int], Iterable[Batch]], val_batches: Iterable[Batch],
                  device: torch.device, classes: Sequence[str], epochs: int, start: int = 0,
-                 teacher: nn.Module | None = None, alpha: float = 0.0, temperature: float = 1.0,
+                 teacher: nn.Module | None = None, distillation: Distillation | None = None,
                  bf16: bool = False, channels_last: bool = False,
                  on_epoch: EpochDone | None = None) -> dict[str, Any]:
     """The one training loop (trials, the teacher stage, the benchmarks): epochs ``start + 1``
     to ``epochs``, each one pass of :func:`train_one_epoch` over ``train_batches(epoch)``, an
-    :func:`evaluate` on ``val_batches`` and a step of ``schedule``.
+    :func:`evaluate` on ``val_batches`` and a step of ``schedule``. Without ``distillation``
+    (the teacher stage) the loss is the cross-entropy with the labels alone.
 
     ``on_epoch(epoch, lr, metrics)`` is called after each epoch with the learning rate the
     epoch trained at; the last epoch's metrics are returned ({} when no epoch ran).
@@ -281,8 +288,8 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: A
     metrics: dict[str, Any] = {}
     for epoch in range(start + 1, epochs + 1):
         lr = float(optimizer.param_groups[0]["lr"])
-        metrics = train_one_epoch(model, train_batches(epoch), optimizer, device, teacher, alpha,
-                                  temperature, **speed)
+        metrics = train_one_epoch(model, train_batches(epoch), optimizer, device, teacher,
+                                  distillation, epoch=epoch, **speed)
         metrics.update(evaluate(model, val_batches, device, classes, **speed))
         schedule.step()
         if on_epoch is not None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import optuna
 import pytest
 
+from kdsearch.config import trial_student
+from kdsearch.search.space import DefineByRun
 from kdsearch.testing import TINY_SPACE
 
-from .spaces import problems, search_problems, write_space
+from .spaces import problems, search_problems, tiny_space_with, write_space
 
 
 @pytest.mark.parametrize(("changes", "expected"), [
@@ -27,6 +30,21 @@ from .spaces import problems, search_problems, write_space
      "search.space.backbone.type: 'uniform' must be 'choice'"),
     ({"search.space.dropout": {"type": "uniform", "low": 0, "high": 1}},
      "search.space.dropout: unknown setting (searchable: alpha"),
+    # kd_loss is categorical (a Literal): only a choice of its names searches it.
+    ({"search.space.kd_loss": {"type": "uniform", "low": 0, "high": 1}},
+     "search.space.kd_loss.type: 'uniform' must be 'choice' for a categorical setting"),
+    ({"search.space.kd_loss": {"type": "choice", "values": ["kd", "dkdd"]}},
+     "search.space.kd_loss.values[1]: 'dkdd' is not one of kd, dkd, dist (did you mean 'dkd'?)"),
+    ({"search.space.optimizer": {"type": "int", "low": 0, "high": 1}},
+     "search.space.optimizer.type: 'int' must be 'choice' for a categorical setting"),
+    ({"search.space.dkd_beta": {"type": "uniform", "low": -1, "high": 8}},
+     "search.space.dkd_beta.low: -1.0 must be >= 0"),
+    ({"search.space.dkd_warmup": {"type": "int", "low": -1, "high": 3}},
+     "search.space.dkd_warmup.low: -1 must be an integer >= 0"),
+    ({"search.space.dist_tau": {"type": "uniform", "low": 0, "high": 4}},
+     "search.space.dist_tau.low: 0.0 must be > 0"),
+    ({"search.space.dist_gamma": {"type": "choice", "values": [1, -2]}},
+     "search.space.dist_gamma.values[1]: -2 must be >= 0"),
 ])
 def test_bad_search_spaces_name_the_path(
         tmp_path: Path, changes: dict, expected: str) -> None:
@@ -46,7 +64,8 @@ def test_bad_search_spaces_name_the_path(
      "search.sampler: 'tpx' input should be one of tpe, random, cmaes, qmc (did you mean 'tpe'?)"),
     ({"search.space.alhpa": {"type": "uniform", "low": 0, "high": 1}},
      "search.space.alhpa: unknown setting (searchable: alpha, temperature, lr, backbone, "
-     "weight_decay, momentum, batch_size, optimizer) (did you mean 'alpha'?)"),
+     "weight_decay, momentum, batch_size, optimizer, kd_loss, dkd_alpha, dkd_beta, dkd_warmup, "
+     "dist_tau, dist_beta, dist_gamma) (did you mean 'alpha'?)"),
     ({"teacher.model": "smal3d"}, "teacher.model: 'smal3d' is not a registered teacher"),
 ])
 def test_misspelt_names_get_the_closest_valid_one(tmp_path: Path, changes: dict,
@@ -92,3 +111,31 @@ def test_points_to_evaluate_are_validated(tmp_path: Path) -> None:
         "temperature, backbone)",
         "search.points_to_evaluate[1].backbone: 'resnet' is not one of ['tiny3d', "
         "'tiny_r2plus1d']"]
+
+
+def test_a_loss_setting_is_sampled_only_for_its_loss(tmp_path: Path) -> None:
+    # From the space file through the checks to Optuna's define-by-run space and back into a
+    # trial's student settings.
+    space = {"kd_loss": {"type": "choice", "values": ["kd", "dkd", "dist"]},
+             "dkd_beta": {"type": "uniform", "low": 1, "high": 8, "when": {"kd_loss": ["dkd"]}},
+             "dist_tau": {"type": "loguniform", "low": 1, "high": 4,
+                          "when": {"kd_loss": ["dist"]}}}
+    cfg = tiny_space_with(tmp_path, space=space)
+    define = DefineByRun(cfg.search)
+
+    def objective(trial: optuna.Trial) -> float:
+        define(trial)
+        return 0.0
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(objective, n_trials=30)
+    kinds = [t.params["kd_loss"] for t in study.trials]
+    assert set(kinds) == {"kd", "dkd", "dist"}
+    for kind, trial in zip(kinds, study.trials, strict=True):
+        assert ("dkd_beta" in trial.params) == (kind == "dkd"), trial.params
+        assert ("dist_tau" in trial.params) == (kind == "dist"), trial.params
+        settings = trial_student(cfg.student, trial.params)
+        assert settings.kd_loss == kind
+        # Not sampled: the student's fixed value (the default) holds.
+        assert settings.dkd_beta == trial.params.get("dkd_beta", 8.0)
+        assert 1 <= settings.dkd_beta <= 8

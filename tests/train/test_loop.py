@@ -1,5 +1,5 @@
 """kdsearch.train.loop: evaluation by clip, video and frame vote, the optimiser's weight decay,
-and channels-last weights."""
+channels-last weights, and the distillation each training epoch gets."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdsearch.models import Normalized, build_model
-from kdsearch.train.loop import Batch, channels_last_weights, evaluate, make_optimizer
+from kdsearch.train.loop import (
+    Batch,
+    channels_last_weights,
+    evaluate,
+    make_optimizer,
+    train_epochs,
+    train_one_epoch,
+)
+from kdsearch.train.losses import Distillation
 
 CPU = torch.device("cpu")
 
@@ -227,3 +235,37 @@ def test_channels_last_weights_keep_every_students_output(name: str) -> None:
     assert convs and all(p.is_contiguous(memory_format=torch.channels_last_3d if p.dim() == 5
                                          else torch.channels_last) for p in convs)
     assert torch.allclose(before, after, atol=1e-5)
+
+
+# --- train_epochs with a distillation --------------------------------------------------------
+
+class _NoSchedule:
+    def step(self) -> None:
+        pass
+
+
+def test_each_epoch_gives_dkd_its_number_for_the_warm_up() -> None:
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Flatten(), nn.Linear(3 * 2, 3))
+    clips, labels, videos = _batch([[0, 1], [2, 0], [1, 1]], [0, 1, 2], [0, 1, 2])
+    cached = torch.tensor([[2.0, -1.0, 1.0], [1.0, 0.0, 3.0], [0.0, 2.0, 1.0]])
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.0)  # nothing moves: epochs compare
+    kd: list[float] = []
+    train_epochs(student, optimizer, _NoSchedule(),
+                 train_batches=lambda epoch: [(clips, labels, videos, cached)],
+                 val_batches=[(clips, labels, videos)], device=CPU, classes=["a", "b", "c"],
+                 epochs=3, distillation=Distillation("dkd", alpha=0.5, dkd_warmup=2),
+                 on_epoch=lambda epoch, lr, metrics: kd.append(metrics["train_kd"]))
+    with torch.no_grad():
+        full = Distillation("dkd", dkd_warmup=0).teacher_term(student(clips), cached, labels)
+    assert kd == pytest.approx([0.5 * full.item(), full.item(), full.item()], rel=1e-5)
+
+
+def test_alpha_zero_trains_on_the_labels_without_a_teacher() -> None:
+    student = nn.Sequential(nn.Flatten(), nn.Linear(3 * 2, 3))
+    batch = _batch([[0, 1], [2, 0]], [0, 1], [0, 1])  # no cached logits, no teacher
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.0)
+    for distillation in (None, Distillation("dist", alpha=0.0)):
+        metrics = train_one_epoch(student, [batch], optimizer, CPU, None, distillation)
+        assert metrics["train_kd"] == 0.0
+        assert metrics["train_loss"] == pytest.approx(metrics["train_ce"])
