@@ -260,7 +260,8 @@ def weights_notes(gpu: bool) -> tuple[str, list[str]]:
     """Comment lines on published weights, and the models (on a GPU) whose file is missing."""
     from kdsearch.models import get_spec, weights_path
 
-    lines = ["  # Kinetics-400 weights are read from the torch hub cache, never downloaded:"
+    lines = ["  # Kinetics-400 weights: downloaded into the torch hub cache when the search\n"
+             "  # starts (once per machine); offline (KDSEARCH_OFFLINE=1), put them there:"
              if gpu else "  # No GPU: the demo's CPU teacher, from scratch. On a CUDA GPU, "
              "kdsearch.init picks\n  # Kinetics-400 models, their weights read from the "
              "torch hub cache, e.g."]
@@ -271,7 +272,7 @@ def weights_notes(gpu: bool) -> tuple[str, list[str]]:
         lines.append(f"  #   {name}: {path}")
         if not path.is_file():
             missing += [name] if gpu else []
-            lines.append(f"  #     missing: download {spec.weights_url}")
+            lines.append(f"  #     not there yet: {spec.weights_url}")
     return "\n".join(lines), missing
 
 
@@ -312,14 +313,14 @@ def run(args: argparse.Namespace, command: str) -> int:
     root = (Path.cwd() / Path(args.root).expanduser()).resolve()
     found = probe(root, *detect(root, args.format))
     text, clip, missing = render(args, command, found, torch.cuda.is_available())
-    # Weights not yet in the torch hub cache must not stop the file; --dry-run names them.
+    # Weights not yet in the torch hub cache must not stop the file, even offline.
     write_space(args.out, text, ["teacher.weights=none", "student.weights=none"] * bool(missing))
     print(f"wrote {args.out}: {found.fmt}, {len(found.classes)} classes, "
           f"{len(found.usable())} usable videos; clip {clip['num_frames']} frames, stride "
           f"{clip['stride']}, crop {clip['crop_size']}")
     if missing:
-        print(f"note: Kinetics-400 weights missing for {', '.join(missing)}: {args.out} says "
-              "where to put them")
+        print(f"note: the search downloads the Kinetics-400 weights of {', '.join(missing)} "
+              f"before it starts (offline: {args.out} says where to put them)")
     print(f"next: {python_command()} -m kdsearch.run {args.out} --dry-run, then without "
           "--dry-run")
     return 0

@@ -14,11 +14,15 @@ logits ``[B, num_classes]``::
     teacher = create_model("r3d_18", num_classes=4, weights="kinetics400", role="teacher")
     get_head(teacher)  # Linear(in_features=512, out_features=4): the layer to fine-tune first
 
-Published weights are never downloaded: they are read from ``weights_path(spec)`` in the
-torch hub cache, where a missing file is reported with the URL to fetch it from.
+Published weights live at ``weights_path(spec)`` in the torch hub cache (``TORCH_HOME``).
+``create_model`` downloads a missing file there on first use, as torchvision does, with the
+published hash checked, once per machine (``fetch_weights``: concurrent processes share one
+download). With ``KDSEARCH_OFFLINE=1`` (``offline_from_env()``) nothing downloads and a missing
+file is an error naming its URL and where to place it.
 """
 
 from kdsearch.models import _tiny, _zoo  # noqa: F401  (importing registers the models)
+from kdsearch.models._download import OFFLINE_ENV, fetch_weights, offline_from_env
 from kdsearch.models._registry import create_model, get_spec, list_models, register_model
 from kdsearch.models._spec import (
     ModelSpec,
@@ -36,15 +40,18 @@ __all__ = [
     "FrameResNet",
     "ModelSpec",
     "Normalized",
+    "OFFLINE_ENV",
     "Role",
     "UnknownModelError",
     "WeightsError",
     "build_model",
     "create_model",
+    "fetch_weights",
     "get_head",
     "get_spec",
     "list_models",
     "mark_head",
+    "offline_from_env",
     "register_model",
     "weights_path",
 ]

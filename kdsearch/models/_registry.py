@@ -7,6 +7,7 @@ from pathlib import Path
 
 from torch import nn
 
+from kdsearch.models._download import read_pretrained
 from kdsearch.models._spec import (
     PRETRAINED_CLASSES,
     ROLES,
@@ -17,12 +18,7 @@ from kdsearch.models._spec import (
     mark_head,
     replace_head,
 )
-from kdsearch.models._weights import (
-    CHECKPOINT_SUFFIXES,
-    load_state,
-    read_pretrained,
-    read_state_dict,
-)
+from kdsearch.models._weights import CHECKPOINT_SUFFIXES, load_state, read_state_dict
 
 Builder = Callable[[int], nn.Module]
 
@@ -86,9 +82,10 @@ def create_model(
         name: a name from ``list_models()``.
         num_classes: size of the new ``nn.Linear`` head (``get_head(model)``).
         weights: ``"none"`` (random init; seed with ``torch.manual_seed``), the model's
-            ``spec.pretrained`` kind (``"kinetics400"``/``"imagenet"``) read from the torch hub
-            cache, or a local ``.pt/.pth/.pyth`` checkpoint, either of this model for
-            ``num_classes`` (loaded whole) or of its backbone with another head.
+            ``spec.pretrained`` kind (``"kinetics400"``/``"imagenet"``) from the torch hub
+            cache, downloaded there on first use unless ``KDSEARCH_OFFLINE=1``, or a local
+            ``.pt/.pth/.pyth`` checkpoint, either of this model for ``num_classes`` (loaded
+            whole) or of its backbone with another head.
         role: if given, ``name`` must be registered for this role.
 
     Returns:

@@ -37,10 +37,11 @@ class WeightsError(ValueError):
 class ModelSpec:
     """A registry entry: where a model comes from, what input it expects, which weights exist.
 
-    ``clip`` is the recommended ``(num_frames, crop_size)`` and ``stride`` its frame stride; every model except ``mvit_v2_s``
-    also runs on other clip shapes (``T >= 4``, ``H = W >= 32``). ``weights_file`` is the
-    checkpoint's basename in ``torch.hub.get_dir()/checkpoints`` and ``weights_url`` where a
-    user can fetch it by hand; kdsearch itself never downloads anything.
+    ``clip`` is the recommended ``(num_frames, crop_size)`` and ``stride`` its frame stride;
+    every model except ``mvit_v2_s`` also runs on other clip shapes (``T >= 4``,
+    ``H = W >= 32``). ``weights_file`` is the
+    checkpoint's basename in ``torch.hub.get_dir()/checkpoints`` and ``weights_url`` where it
+    is downloaded from on first use (``kdsearch.models.fetch_weights``).
     """
 
     name: str

@@ -1,8 +1,8 @@
-"""Loading weights from local files only: the torch hub cache or a checkpoint path.
+"""Reading weights from local files: where published weights live in the torch hub cache,
+checkpoints (plain or nested state dicts) and whether they fit a model.
 
-Nothing here downloads. Published weights are looked up where ``torch.hub`` would have cached
-them (``torch.hub.get_dir()/checkpoints``, which honours ``TORCH_HOME``); a missing file is an
-error that says where to fetch it from and where to put it.
+Published weights are kept where ``torch.hub`` caches them (``torch.hub.get_dir()/checkpoints``,
+which honours ``TORCH_HOME``); :mod:`kdsearch.models._download` puts them there on first use.
 """
 
 from __future__ import annotations
@@ -93,17 +93,6 @@ def _mismatch_report(
             f"model {list(own[first].shape)})"
         )
     return "; ".join(parts), head_differs
-
-
-def read_pretrained(spec: ModelSpec) -> tuple[Path, dict[str, torch.Tensor]]:
-    """Read the published weights of ``spec`` from the torch hub cache."""
-    path = weights_path(spec)
-    if not path.is_file():
-        raise WeightsError(
-            f"{spec.pretrained} weights of model '{spec.name}' not found at '{path}': "
-            f"download {spec.weights_url} and place it there (kdsearch never downloads)"
-        )
-    return path, read_state_dict(path)
 
 
 def load_state(

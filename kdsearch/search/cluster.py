@@ -14,6 +14,7 @@ from typing import Any
 import ray
 
 from kdsearch.config import ConfigError, SpaceConfig
+from kdsearch.models import OFFLINE_ENV
 from kdsearch.storage import redact
 from kdsearch.text import plural
 
@@ -32,6 +33,8 @@ def init_ray(cfg: SpaceConfig, address: str | None, say: Any = print) -> SpaceCo
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False,
                               "configure_logging": True}
+    if cfg.offline:  # trials on other nodes load weights too: never from the network there
+        kwargs["runtime_env"] = {"env_vars": {OFFLINE_ENV: "1"}}
     address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():  # a caller (a notebook, a test) already connected
         where = "the Ray this process started"

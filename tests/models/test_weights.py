@@ -1,5 +1,5 @@
 """kdsearch.models._weights: published weights from the hub cache, checkpoints from files;
-nothing downloads."""
+offline, a missing published file names its URL (downloading: test_download.py)."""
 
 from __future__ import annotations
 
@@ -63,7 +63,10 @@ def test_pytorchvideo_model_state_checkpoint(hub_checkpoints: Path) -> None:
         assert torch.allclose(model(clip), published(clip), atol=1e-5)
 
 
-def test_missing_hub_file_names_path_and_url(hub_checkpoints: Path) -> None:
+def test_missing_hub_file_names_path_and_url(
+    hub_checkpoints: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KDSEARCH_OFFLINE", "1")
     path = hub_checkpoints / "mc3_18-a90a0ba3.pth"
     url = "https://download.pytorch.org/models/mc3_18-a90a0ba3.pth"
     with pytest.raises(WeightsError, match=re.escape(f"'{path}': download {url} and place it")):
@@ -71,11 +74,13 @@ def test_missing_hub_file_names_path_and_url(hub_checkpoints: Path) -> None:
 
 
 @pytest.mark.parametrize("name", [n for n in list_models() if get_spec(n).pretrained])
-def test_missing_weights_never_download(
+def test_missing_weights_offline_never_download(
     name: str, hub_checkpoints: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def no_network(*args: object, **kwargs: object) -> None:
-        raise AssertionError("kdsearch must not download")
+        raise AssertionError("kdsearch must not download offline")
+
+    monkeypatch.setenv("KDSEARCH_OFFLINE", "1")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
