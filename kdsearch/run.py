@@ -38,6 +38,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "storage (or the named one) instead of starting a new one")
     parser.add_argument("--address", default=None,
                         help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--offline", action="store_true",
+                        help="never download published weights: read them from the torch hub "
+                             "cache only (as offline: true or KDSEARCH_OFFLINE=1)")
     return parser.parse_args(argv)
 
 
@@ -86,6 +89,10 @@ def print_outcome(outcome: object, cfg: SpaceConfig) -> None:
         print(f"\nbest: {metric} {outcome.best.value:.3f}"
               + (f" with {settings}" if settings else "")
               + f" (MLflow run {outcome.best.run_id})")
+    if outcome.kd_gain is not None:
+        from kdsearch.track.report import kd_gain_line
+
+        print(kd_gain_line(outcome.kd_gain))
     for warning in outcome.warnings:
         print(f"warning: {warning}")
     python = python_command()
@@ -114,7 +121,8 @@ def _fmt(value: object) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        cfg = load_space(args.space, args.overrides)
+        # --offline is the space file's offline: true, so validation knows it too.
+        cfg = load_space(args.space, [*args.overrides, *["offline=true"] * args.offline])
     except ConfigError as err:
         for problem in err.problems:
             print(f"error: {problem}", file=sys.stderr)

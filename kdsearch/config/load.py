@@ -243,7 +243,7 @@ def _path_problems(cfg: SpaceConfig) -> list[str]:
             if not Path(weights).is_file():
                 problems.append(f"{section}.weights: {weights!r} is not a file")
             continue
-        problems.extend(_pretrained_problems(section, model, weights))
+        problems.extend(_pretrained_problems(section, model, weights, cfg.offline))
     return sorted(set(problems), key=problems.index)
 
 
@@ -263,8 +263,10 @@ def _uri_root_problems(cfg: SpaceConfig) -> list[str]:
     return [] if found else [f"data.root: {root!r} is not a directory (no objects under it)"]
 
 
-def _pretrained_problems(section: str, model: str, weights: str) -> list[str]:
-    from kdsearch.models import get_spec, weights_path
+def _pretrained_problems(section: str, model: str, weights: str, offline: bool) -> list[str]:
+    """A missing file of published weights is a problem only offline: else the search
+    downloads it before it starts (kdsearch.search.weights)."""
+    from kdsearch.models import WeightsError, get_spec, offline_from_env, weights_path
 
     spec = get_spec(model)
     if weights == "pretrained" and spec.pretrained is None:
@@ -273,7 +275,11 @@ def _pretrained_problems(section: str, model: str, weights: str) -> list[str]:
     if weights != "pretrained" and spec.pretrained != weights:
         return [f"{section}.weights: {weights!r} is not available for {model} "
                 f"(available: none{', ' + spec.pretrained if spec.pretrained else ''})"]
-    if not weights_path(spec).is_file():
+    try:
+        offline = offline or offline_from_env()
+    except WeightsError as err:  # a KDSEARCH_OFFLINE value that is neither on nor off
+        return [str(err)]
+    if offline and not weights_path(spec).is_file():
         return [f"{section}.weights: {model} needs its {spec.pretrained} weights in "
                 f"{weights_path(spec)}; download {spec.weights_url} and place it there (no "
                 "network access at run time)"]

@@ -16,6 +16,7 @@ from ray import tune
 
 from kdsearch.config import SpaceConfig
 from kdsearch.data.dataset import load_dataset, prepare_data
+from kdsearch.search.baseline import kd_baseline
 from kdsearch.search.cluster import init_ray
 from kdsearch.search.progress import Progress
 from kdsearch.search.resume import (
@@ -31,6 +32,7 @@ from kdsearch.search.space import warm_trials
 from kdsearch.search.stopping import AgreementASHA
 from kdsearch.search.teacher_task import teacher_and_cache
 from kdsearch.search.tuner import make_scheduler, make_tuner
+from kdsearch.search.weights import fetch_search_weights
 from kdsearch.storage import join, local_dir, redact
 from kdsearch.text import python_command
 from kdsearch.track.callback import MLflowTrials
@@ -49,7 +51,14 @@ from kdsearch.track.runs import (
     trial_statuses,
     trials_link,
 )
-from kdsearch.track.schema import Status, TrialRow, best_row, rank_rows, small_val_warning
+from kdsearch.track.schema import (
+    KdGain,
+    Status,
+    TrialRow,
+    best_row,
+    rank_rows,
+    small_val_warning,
+)
 from kdsearch.train.trial import TrialContext
 
 
@@ -65,6 +74,7 @@ class SearchOutcome:
     trials_link: str = ""  # the MLflow UI page of the trials, best first
     report: str | None = None  # the HTML report, when the search wrote one
     warnings: list[str] = dataclasses.field(default_factory=list)  # early stops to doubt
+    kd_gain: KdGain | None = None  # the best configuration with and without its teacher
 
 
 def _rows(results: tune.ResultGrid, runs: dict[str, tuple[str, str]], cfg: SpaceConfig
@@ -95,6 +105,7 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
     if prior is None:
         _mention_unfinished(cfg, space_path, say)
     prepare_data(cfg.data, log=say)
+    fetch_search_weights(cfg, log=say)  # once, here: no trial downloads
     data = load_dataset(cfg.data, cfg.student.clip, local_dir(cfg.storage, "indexes"), log=say)
     if (warning := small_val_warning(cfg.search.metric, len(data.val))) is not None:
         say(f"warning: {warning}")
@@ -139,6 +150,9 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
         interrupted = (sum(r.status != Status.INTERRUPTED for r in rows)
                        < cfg.search.num_samples)
         warnings: list[str] = []
+        # Before publish: the report states what the teacher added.
+        kd = None if interrupted else kd_baseline(client, ctx, best, experiment_id, parent_id,
+                                                  say)
         if not interrupted:
             warnings = publish(client, cfg, data.classes, experiment_id, parent_id, rows, say)
         finish_parent(client, parent_id, cfg, best, interrupted)
@@ -151,7 +165,7 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
                        cfg.search.mode)
     report = None if interrupted else report_location(client, parent_id)
     return SearchOutcome(experiment_id, parent_id, rows, best, teacher.metrics,
-                         time.monotonic() - start, interrupted, link, report, warnings)
+                         time.monotonic() - start, interrupted, link, report, warnings, kd)
 
 
 def _warm_start(client: MlflowClient, cfg: SpaceConfig, say: Any) -> list[FrozenTrial]:

@@ -32,7 +32,7 @@ from kdsearch.track.report import (
     unsafe_stops,
     write_report,
 )
-from kdsearch.track.schema import Status, TrialRow, best_row, trial_runs
+from kdsearch.track.schema import Status, TrialRow, best_row, kd_gain_of, trial_runs
 
 MODEL_NAME = "student"  # the logged model's name inside the best trial's run
 
@@ -98,7 +98,8 @@ def search_facts(client: MlflowClient, cfg: SpaceConfig, parent_id: str,
         return None if name not in logged else int(logged[name])
 
     return SearchFacts(cfg.teacher.model, logged.get(f"teacher_{cfg.search.metric}"),
-                       len(classes), count("data_train_videos"), count("data_val_videos"))
+                       len(classes), count("data_train_videos"), count("data_val_videos"),
+                       kd_gain_of(logged, cfg.search.metric, cfg.search.mode))
 
 
 def log_agreement(client: MlflowClient, cfg: SpaceConfig, parent_id: str,

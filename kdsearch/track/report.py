@@ -37,6 +37,7 @@ from kdsearch.search.space import fitted, optuna_space
 from kdsearch.track.plots import PLOT_NAMES, attempt, draw_png, plots_of
 from kdsearch.track.schema import (
     STATUS_ORDER,
+    KdGain,
     Status,
     finite,
     rank_correlation,
@@ -77,6 +78,7 @@ class SearchFacts:
     classes: int | None = None
     train_videos: int | None = None
     val_videos: int | None = None
+    kd_gain: KdGain | None = None  # the best configuration with and without its teacher
 
 
 #: Fewer completed trials than this and the importances and comparisons carry a warning:
@@ -89,6 +91,23 @@ def final_value(record: TrialRecord, metric: str) -> float | None:
     if record.history:
         return _as_float(record.history[max(record.history)])
     return _as_float(record.metrics.get(metric))
+
+
+def kd_gain_line(gain: KdGain) -> str:
+    """What distillation added, in one line (the report's headline, ``kdsearch.run``): the
+    difference of the means in the metric's own units, its noise and ``KdGain.verdict``."""
+    runs = (str(gain.kd_runs) if gain.kd_runs == gain.no_teacher_runs
+            else f"{gain.kd_runs} and {gain.no_teacher_runs}")
+    seeds = f"{runs} seed{'' if runs == '1' else 's'}"
+    noise = ("lower is better; " if gain.mode == "min" else "") + (
+        f"{seeds}: no standard error" if gain.se is None else f"SE {gain.se:.3f} over {seeds}")
+    if gain.val_se is not None:
+        noise += f"; validation noise {gain.val_se:.3f}"
+    verdict = (gain.verdict if gain.se is not None
+               else "not judged (that needs 2 or more seeds on each side: report.kd_seeds)")
+    return (f"distillation: {gain.kd_mean - gain.no_teacher_mean:+.3f} {gain.metric} over the "
+            f"same student without the teacher ({gain.kd_mean:.3f} against "
+            f"{gain.no_teacher_mean:.3f}; {noise}): {verdict}")
 
 
 # --- the study ------------------------------------------------------------------------------
@@ -169,9 +188,9 @@ def epoch_agreement(records: Sequence[TrialRecord], metric: str,
     finals = {r.trial_id: finite(r.history.get(epochs)) for r in done}
     found = []
     for epoch in range(1, epochs):
-        pairs = [(v, finals[r.trial_id]) for r in done
+        pairs = [(v, final) for r in done
                  if (v := finite(r.history.get(epoch))) is not None
-                 and finals[r.trial_id] is not None]
+                 and (final := finals[r.trial_id]) is not None]
         rho = rank_correlation([a for a, _ in pairs], [b for _, b in pairs])
         stopped = sum(r.status == Status.PRUNED and r.epochs == epoch for r in records)
         found.append(EpochAgreement(epoch, rho, len(pairs), stopped))
@@ -362,6 +381,9 @@ def _headline(records: Sequence[TrialRecord], search: Search, facts: SearchFacts
         teacher = (f"{search.metric} {facts.teacher_value:.4f}"
                    if facts.teacher_value is not None else "no value recorded")
         lines.append(f"Teacher {html.escape(facts.teacher)}: {teacher}.")
+    if facts.kd_gain is not None:
+        line = kd_gain_line(facts.kd_gain)
+        lines.append(html.escape(line[0].upper() + line[1:]) + ".")
     counts = [f"{facts.classes} classes" if facts.classes is not None else None,
               f"{facts.train_videos} training videos" if facts.train_videos is not None
               else None,

@@ -21,15 +21,25 @@ from mlflow.tracking import MlflowClient
 from kdsearch.config import ConfigError, SpaceConfig
 from kdsearch.storage import redact
 from kdsearch.track.schema import (
+    BASELINE_ROLE,
     BEST_RUN,
     DESCRIPTION,
+    ERROR,
+    KD_OF,
+    KD_SEED,
+    KD_TEACHER,
+    KD_VERDICT,
+    MAX_RESULTS,
     PARENT,
     RESOLVED_SPACE,
     ROLE,
     STATUS,
     TRIAL_ID,
+    KdGain,
     Status,
     TrialRow,
+    baseline_query,
+    kd_metrics,
     trial_query,
     trial_runs,
 )
@@ -188,6 +198,44 @@ def close_open_runs(client: MlflowClient, experiment_id: str, parent_id: str) ->
         if status == Status.RUNNING:
             client.set_tag(run_id, STATUS, Status.INTERRUPTED.value)
             client.set_terminated(run_id, "KILLED")
+
+
+def log_baseline_run(client: MlflowClient, experiment_id: str, parent_id: str, *, of_run: str,
+                     seed: int, teacher: bool, params: Mapping[str, Any],
+                     metrics: Mapping[str, Any], error: str | None = None) -> str:
+    """One finished training of the KD baseline (``kdsearch.search.baseline``), nested under
+    the search's run. Its role is ``kd_baseline``, never ``trial``: no trial query, ranking,
+    report table, registry step or resume counts it. Created once it has ended, so that an
+    interrupted baseline leaves no run open."""
+    side = "on" if teacher else "off"
+    status = Status.COMPLETED if error is None else Status.FAILED
+    tags = {ROLE: BASELINE_ROLE, KD_SEED: str(seed), KD_TEACHER: side, KD_OF: of_run,
+            STATUS: status.value, **({ERROR: error[:5000]} if error else {})}
+    run_id = start_child(client, experiment_id, parent_id,
+                         f"kd-baseline-teacher-{side}-seed-{seed}", tags)
+    log_params(client, run_id, params)
+    log_metrics(client, run_id, {k: v for k, v in metrics.items() if is_metric(k)},
+                step=int(metrics.get("epoch", 0)))
+    client.set_terminated(run_id, "FINISHED" if error is None else "FAILED")
+    return run_id
+
+
+def baseline_results(client: MlflowClient, experiment_id: str, parent_id: str, of_run: str,
+                     metric: str) -> dict[tuple[bool, int], float]:
+    """(teacher on, seed) -> final ``metric`` of the completed KD baseline runs of search
+    ``parent_id`` that trained run ``of_run``'s configuration: what a resumed search keeps."""
+    runs = client.search_runs([experiment_id], baseline_query(parent_id),
+                              max_results=MAX_RESULTS)
+    return {(r.data.tags.get(KD_TEACHER) == "on", int(r.data.tags[KD_SEED])):
+            float(r.data.metrics[metric]) for r in runs
+            if r.data.tags.get(KD_OF) == of_run and metric in r.data.metrics}
+
+
+def log_kd_gain(client: MlflowClient, parent_id: str, gain: KdGain) -> None:
+    """What the teacher added, on the parent run: ``kdsearch.track.schema.kd_metrics`` and
+    the verdict as a tag (to filter searches by it in the UI)."""
+    log_metrics(client, parent_id, kd_metrics(gain))
+    client.set_tag(parent_id, KD_VERDICT, gain.verdict)
 
 
 def record_teacher(client: MlflowClient, cfg: SpaceConfig, data: DatasetSplits,

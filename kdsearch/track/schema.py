@@ -15,12 +15,12 @@ import enum
 import math
 import numbers
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 # Tags and artifacts of a search's runs.
-ROLE = "kdsearch.role"  # "search" (the parent run), "teacher" or "trial"
+ROLE = "kdsearch.role"  # "search" (the parent run), "teacher", "trial" or "kd_baseline"
 STATUS = "kdsearch.status"  # a Status value
 PARENT = "mlflow.parentRunId"
 TRIAL_ID = "kdsearch.trial_id"
@@ -30,6 +30,13 @@ ERROR = "kdsearch.error"
 DESCRIPTION = "mlflow.note.content"  # a run's description in the MLflow UI (Markdown)
 TRIAL_SPACE = "trial_space.yaml"  # a trial's own space file: trains exactly that trial
 RESOLVED_SPACE = "resolved_space.yaml"  # the search's space file, paths resolved
+# The runs that measure what the teacher added (kdsearch.search.baseline): never trials, as
+# every trial query asks for the role "trial".
+BASELINE_ROLE = "kd_baseline"
+KD_SEED = "kdsearch.kd_seed"  # the seed a baseline run trained on
+KD_TEACHER = "kdsearch.teacher"  # "on" (the KD configuration) or "off" (alpha 0)
+KD_OF = "kdsearch.kd_of_run"  # the run id of the trial whose configuration it trained
+KD_VERDICT = "kdsearch.kd_verdict"  # on the parent run: KdGain.verdict
 #: MLflow returns at most this many runs per query; a search has far fewer trials.
 MAX_RESULTS = 50000
 
@@ -75,6 +82,12 @@ def trial_query(parent_id: str | None = None, *, status: Status | None = None,
     return " and ".join(parts)
 
 
+def baseline_query(parent_id: str, status: Status = Status.COMPLETED) -> str:
+    """The MLflow filter for the KD baseline runs of search ``parent_id``."""
+    return (f"tags.`{PARENT}` = '{parent_id}' and tags.`{ROLE}` = '{BASELINE_ROLE}' and "
+            f"tags.`{STATUS}` = '{status.value}'")
+
+
 def trial_runs(client: Any, experiment_id: str, parent_id: str | None = None, *,
                status: Status | None = None, trial_id: str | None = None,
                max_results: int = MAX_RESULTS) -> list[Any]:
@@ -117,6 +130,89 @@ def small_val_warning(metric: str, n_val: int) -> str | None:
     return (f"only {n_val} validation video{'' if n_val == 1 else 's'}: one standard error of "
             f"{metric} is up to {se:.3f}, so trials closer than that are not told apart by "
             f"this set; {needed} or more validation videos bring it under {NOISY_SE}")
+
+
+#: Distillation helped (or hurt) when its gain is at least this many standard errors of the
+#: gain away from zero: about a 95% two-sided interval that excludes zero.
+KD_GAIN_SES = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class KdGain:
+    """The best configuration against the same student without its teacher (``alpha`` 0),
+    each trained on several seeds and measured on the same validation videos.
+
+    ``gain`` is mean(with teacher) - mean(without), negated when ``mode`` is min (val_loss),
+    so that a positive gain means the teacher helped. ``se``: its standard error from the seed
+    spread, sqrt(s_kd^2 / n_kd + s_nt^2 / n_nt), None with fewer than two runs on a side.
+    ``val_se``: one binomial standard error of the metric on the validation videos (None for
+    val_loss): how far a result on these videos may be from one on others.
+    """
+
+    metric: str
+    mode: str
+    kd_mean: float
+    no_teacher_mean: float
+    kd_runs: int
+    no_teacher_runs: int
+    se: float | None
+    val_se: float | None = None
+
+    @property
+    def gain(self) -> float:
+        difference = self.kd_mean - self.no_teacher_mean
+        return difference if self.mode == "max" else -difference
+
+    @property
+    def verdict(self) -> str:
+        """"helped" or "hurt" when the gain is ``KD_GAIN_SES`` standard errors or more from
+        zero, else "within noise"; "unknown" without a standard error (one seed)."""
+        if self.se is None:
+            return "unknown"
+        if abs(self.gain) > 0 and abs(self.gain) >= KD_GAIN_SES * self.se:
+            return "helped" if self.gain > 0 else "hurt"
+        return "within noise"
+
+
+def kd_gain(kd: Sequence[float], no_teacher: Sequence[float], *, metric: str, mode: str,
+            n_val: int | None) -> KdGain:
+    """What the teacher added, from the final ``metric`` of each run with and without it."""
+    if not kd or not no_teacher:
+        raise ValueError(f"kd_gain: {len(kd)} runs with the teacher and {len(no_teacher)} "
+                         "without, but each side needs at least one")
+    se = None
+    if len(kd) > 1 and len(no_teacher) > 1:
+        se = math.sqrt(_variance(kd) / len(kd) + _variance(no_teacher) / len(no_teacher))
+    kd_mean = sum(kd) / len(kd)
+    return KdGain(metric, mode, kd_mean, sum(no_teacher) / len(no_teacher), len(kd),
+                  len(no_teacher), se, standard_error(metric, kd_mean, n_val))
+
+
+def _variance(values: Sequence[float]) -> float:
+    """The sample variance (n - 1 in the denominator)."""
+    mean = sum(values) / len(values)
+    return sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+
+
+def kd_metrics(gain: KdGain) -> dict[str, float]:
+    """The parent run's metrics of a ``KdGain`` (an undefined standard error is left out)."""
+    found = {f"kd_student_{gain.metric}": gain.kd_mean,
+             f"no_teacher_{gain.metric}": gain.no_teacher_mean, "kd_gain": gain.gain,
+             "kd_runs": float(gain.kd_runs), "no_teacher_runs": float(gain.no_teacher_runs)}
+    for name, value in (("kd_gain_se", gain.se), ("kd_val_se", gain.val_se)):
+        if value is not None:
+            found[name] = value
+    return found
+
+
+def kd_gain_of(metrics: Mapping[str, float], metric: str, mode: str) -> KdGain | None:
+    """The ``KdGain`` a parent run's metrics (``kd_metrics``) hold, or None."""
+    names = (f"kd_student_{metric}", f"no_teacher_{metric}", "kd_runs", "no_teacher_runs")
+    if not all(name in metrics for name in names):
+        return None
+    kd, no_teacher, kd_runs, no_teacher_runs = (metrics[name] for name in names)
+    return KdGain(metric, mode, kd, no_teacher, int(kd_runs), int(no_teacher_runs),
+                  metrics.get("kd_gain_se"), metrics.get("kd_val_se"))
 
 
 def rank_correlation(a: Sequence[float], b: Sequence[float]) -> float | None:

@@ -139,7 +139,8 @@ def _finetune(cfg: SpaceConfig, data: DatasetSplits, log: Callable[[str], None]
 
     metrics = train_epochs(model, optimizer, schedule, train_batches=lambda epoch: train_loader,
                            val_batches=val_loader, device=device, classes=data.classes,
-                           epochs=t.epochs, on_epoch=done, **speed)
+                           epochs=t.epochs, on_epoch=done, bf16=cfg.student.bf16,
+                           channels_last=cfg.student.channels_last)
     if not metrics:
         metrics = evaluate(model, val_loader, device, data.classes, **speed)
     return metrics, {k: v.cpu() for k, v in model.state_dict().items()}

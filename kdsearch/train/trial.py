@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from kdsearch.config import SpaceConfig, searched_values, trial_student
+from kdsearch.config import SpaceConfig, searched_values, teacher_clip, trial_student
 from kdsearch.data.dataset import local_records, make_loaders
 from kdsearch.data.video import VideoRecord
 from kdsearch.models import build_model
@@ -23,6 +23,7 @@ from kdsearch.train.loop import (
     to_channels_last,
     train_epochs,
 )
+from kdsearch.train.losses import Distillation
 
 #: report(metrics, checkpoint_dir): called once per epoch; the directory lives until it returns.
 Report = Callable[[dict[str, Any], Path], None]
@@ -42,13 +43,19 @@ class TrialContext:
 
 
 def fit(ctx: TrialContext, sampled: Mapping[str, Any], report: Report,
-        resume: Path | None = None) -> None:
-    """Train one student for ``student.epochs`` epochs, reporting after each epoch."""
+        resume: Path | None = None, *, seed: int | None = None) -> None:
+    """Train one student for ``student.epochs`` epochs, reporting after each epoch.
+
+    ``seed`` (None: ``search.seed``) sets the initial weights and the order and views of the
+    training batches; the validation clips and the cache stay the same, so runs on other seeds
+    (kdsearch.search.baseline) are measured on exactly the trial's validation set.
+    """
     cfg = ctx.cfg
     settings = trial_student(cfg.student, sampled)
-    torch.manual_seed(cfg.search.seed)
+    seed = cfg.search.seed if seed is None else seed
+    torch.manual_seed(seed)
     device = pick_device(cfg.resources.gpus_per_trial)
-    train_epoch, val_loader = _data(ctx, settings.batch_size)
+    train_epoch, val_loader = _data(ctx, settings.batch_size, seed, settings.alpha > 0)
     student = build_model(settings.backbone, len(ctx.classes), cfg.student.weights, "student")
     student = to_channels_last(student.to(device), device, cfg.student.channels_last)
     # With the cache the teacher's logits come with the clips: the teacher is never loaded.
@@ -76,22 +83,24 @@ def fit(ctx: TrialContext, sampled: Mapping[str, Any], report: Report,
 
     train_epochs(student, optimizer, schedule, train_batches=train_epoch,
                  val_batches=val_loader, device=device, classes=ctx.classes, epochs=epochs,
-                 start=start, teacher=teacher, alpha=settings.alpha,
-                 temperature=settings.temperature, bf16=cfg.student.bf16,
+                 start=start, teacher=teacher,
+                 distillation=Distillation.from_student(settings), bf16=cfg.student.bf16,
                  channels_last=cfg.student.channels_last, on_epoch=done)
 
 
-def _data(ctx: TrialContext, batch_size: int
+def _data(ctx: TrialContext, batch_size: int, seed: int, with_teacher: bool
           ) -> tuple[Callable[[int], Iterable[Batch]], Iterable[Batch]]:
-    """(epoch -> training batches, validation batches), from the cache or decoded online."""
+    """(epoch -> training batches, validation batches), from the cache or decoded online;
+    ``with_teacher``: online batches carry the teacher's own clip of each view."""
     cfg = ctx.cfg
     if ctx.cache is not None:
         cache = ClipCache.open(ctx.cache)
-        train = CachedTrainBatches(cache, batch_size, cfg.search.seed)
+        train = CachedTrainBatches(cache, batch_size, seed)
         return train.epoch, CachedValBatches(cache, batch_size)
     # Records of a data.root URI point into the driver's copy: this node uses its own.
     records = local_records(cfg.data, ctx.train), local_records(cfg.data, ctx.val)
     train_loader, val_loader = make_loaders(
-        *records, cfg.student.clip, batch_size, seed=cfg.search.seed,
-        val_clips_per_video=cfg.student.val_clips_per_video, num_workers=cfg.data.num_workers)
+        *records, cfg.student.clip, batch_size, seed=seed,
+        val_clips_per_video=cfg.student.val_clips_per_video, num_workers=cfg.data.num_workers,
+        teacher=teacher_clip(cfg) if with_teacher else None)
     return (lambda epoch: train_loader), val_loader

@@ -52,13 +52,20 @@ def test_video_folder_splits_are_checked(tmp_path: Path) -> None:
                            "not exist")
 
 
-def test_missing_kinetics_weights_name_the_file(tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_kinetics_weights_name_the_file_offline(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
-    path = write_space(tmp_path, **{"teacher.model": "r3d_18", "teacher.weights": "kinetics400"})
-    (line,) = problems(path)
+    teacher = {"teacher.model": "r3d_18", "teacher.weights": "kinetics400"}
+    # Downloading allowed: the search fetches the file before it starts.
+    assert load_space(write_space(tmp_path, **teacher), cwd=tmp_path).offline is False
+    (line,) = problems(write_space(tmp_path, **teacher, offline=True))
     assert line.startswith("teacher.weights: r3d_18 needs its kinetics400 weights in ")
     assert str(tmp_path / "hub") in line and "download https://" in line
+    monkeypatch.setenv("KDSEARCH_OFFLINE", "1")
+    assert problems(write_space(tmp_path, **teacher)) == [line]
+    monkeypatch.setenv("KDSEARCH_OFFLINE", "maybe")
+    (line,) = problems(write_space(tmp_path, **teacher))
+    assert line.startswith("KDSEARCH_OFFLINE is 'maybe', but must be one of ")
 
 
 def test_annotation_list_problems_name_the_line(tmp_path: Path) -> None:
@@ -80,8 +87,9 @@ def test_vote_metric_needs_frame_level_students(tmp_path: Path) -> None:
 def test_every_searched_backbone_needs_its_pretrained_weights(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
-    path = write_space(tmp_path, **{"student.weights": "pretrained", "search.space.backbone": {
-        "type": "choice", "values": ["tiny3d", "x3d_xs", "resnet18_tsn"]}})
+    path = write_space(tmp_path, offline=True, **{
+        "student.weights": "pretrained", "search.space.backbone": {
+            "type": "choice", "values": ["tiny3d", "x3d_xs", "resnet18_tsn"]}})
     found = problems(path)
     assert found[0] == ("student.weights: 'pretrained' but tiny3d has no pretrained weights; "
                         "use none")
@@ -115,6 +123,7 @@ def test_soccerdb1_space_file_fits_a_frame_folder_set(tmp_path: Path,
     from kdsearch.testing.media import write_frame_folder
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    monkeypatch.setenv("KDSEARCH_OFFLINE", "1")  # else missing weights download at run time
     space = REPO / "search_spaces" / "soccerdb1.yaml"
     with pytest.raises(ConfigError) as info:
         load_space(space, cwd=tmp_path)

@@ -21,11 +21,13 @@ from kdsearch.track.report import (
     SearchFacts,
     TrialRecord,
     epoch_agreement,
+    kd_gain_line,
     study_from_records,
     trials_table,
     unsafe_stops,
     write_report,
 )
+from kdsearch.track.schema import kd_gain
 
 from .records import (
     ALL_PLOTS,
@@ -344,3 +346,44 @@ def test_the_report_draws_each_epochs_agreement(tmp_path: Path) -> None:
                                 "trials as their last epoch did")
     assert trace["x"] == list(range(1, 10))  # epochs 1 to 9 of 10
     assert trace["y"] == pytest.approx([1.0] * 9)  # these curves keep their order
+
+
+# --- what the teacher added ------------------------------------------------------------------
+
+@pytest.mark.parametrize(("kd", "no_teacher", "metric", "mode", "line"), [
+    ([0.50, 0.54, 0.52], [0.45, 0.47, 0.49], "val_acc", "max",
+     "distillation: +0.050 val_acc over the same student without the teacher (0.520 against "
+     "0.470; SE 0.016 over 3 seeds; validation noise 0.050): helped"),
+    ([0.50, 0.54, 0.52], [0.50, 0.52, 0.51], "val_acc", "max",
+     "distillation: +0.010 val_acc over the same student without the teacher (0.520 against "
+     "0.510; SE 0.013 over 3 seeds; validation noise 0.050): within noise"),
+    ([0.45, 0.47, 0.49], [0.50, 0.54, 0.52], "val_acc", "max",
+     "distillation: -0.050 val_acc over the same student without the teacher (0.470 against "
+     "0.520; SE 0.016 over 3 seeds; validation noise 0.050): hurt"),
+    ([1.0, 1.2], [1.5, 1.7], "val_loss", "min",
+     "distillation: -0.500 val_loss over the same student without the teacher (1.100 against "
+     "1.600; lower is better; SE 0.141 over 2 seeds): helped"),
+    ([0.6], [0.5], "val_acc", "max",
+     "distillation: +0.100 val_acc over the same student without the teacher (0.600 against "
+     "0.500; 1 seed: no standard error; validation noise 0.049): not judged (that needs 2 or "
+     "more seeds on each side: report.kd_seeds)"),
+    ([0.6], [0.5, 0.52], "val_acc", "max",
+     "distillation: +0.090 val_acc over the same student without the teacher (0.600 against "
+     "0.510; 1 and 2 seeds: no standard error; validation noise 0.049): not judged (that "
+     "needs 2 or more seeds on each side: report.kd_seeds)"),
+])
+def test_kd_gain_line(kd: list[float], no_teacher: list[float], metric: str, mode: str,
+                      line: str) -> None:
+    assert kd_gain_line(kd_gain(kd, no_teacher, metric=metric, mode=mode, n_val=100)) == line
+
+
+def test_headline_says_what_the_teacher_added(tmp_path: Path) -> None:
+    gain = kd_gain([0.50, 0.54, 0.52], [0.45, 0.47, 0.49], metric="val_acc", mode="max",
+                   n_val=30)
+    facts = dataclasses.replace(FACTS, kd_gain=gain)
+    page = write_report(RECORDS, make_search(), tmp_path, facts)[-1].read_text()
+    headline = page[page.index("<section class='headline'>"):page.index("</section>")]
+    assert "Distillation: +0.050 val_acc over the same student without the teacher" in headline
+    assert "helped." in headline
+    assert "Distillation" not in write_report(RECORDS, make_search(), tmp_path, FACTS)[-1] \
+        .read_text()

@@ -8,9 +8,14 @@ import pytest
 
 from kdsearch.track.schema import (
     NOISY_SE,
+    KdGain,
     Status,
     TrialRow,
+    baseline_query,
     best_row,
+    kd_gain,
+    kd_gain_of,
+    kd_metrics,
     rank_rows,
     small_val_warning,
     standard_error,
@@ -72,3 +77,71 @@ def test_small_validation_sets_are_called_out() -> None:
     assert small_val_warning("val_loss", 6) is None
     one = small_val_warning("val_acc", 1)
     assert one is not None and one.startswith("only 1 validation video:")
+
+
+# --- what the teacher added ------------------------------------------------------------------
+
+KD = [0.50, 0.54, 0.52]  # mean 0.52, s^2 = (0.02^2 + 0.02^2) / 2 = 0.0004
+NO_TEACHER = [0.45, 0.47, 0.49]  # mean 0.47, s^2 = 0.0004
+
+
+def test_kd_gain_mean_difference_and_its_standard_error_from_the_seeds() -> None:
+    gain = kd_gain(KD, NO_TEACHER, metric="val_acc", mode="max", n_val=100)
+    assert (gain.kd_mean, gain.no_teacher_mean) == pytest.approx((0.52, 0.47))
+    assert gain.gain == pytest.approx(0.05)
+    assert gain.se == pytest.approx(math.sqrt(0.0004 / 3 + 0.0004 / 3))  # 0.0163
+    assert gain.val_se == pytest.approx(math.sqrt(0.52 * 0.48 / 100))  # at the KD mean
+    assert gain.verdict == "helped"  # 0.05 >= 2 * 0.0163
+
+
+@pytest.mark.parametrize(("kd", "no_teacher", "verdict"), [
+    (NO_TEACHER, KD, "hurt"),  # -0.05, 2 SE = 0.033
+    # 0.01 against 2 * sqrt(0.0004 / 3 + 0.0001 / 3) = 0.026
+    (KD, [0.50, 0.52, 0.51], "within noise"),
+    ([0.5, 0.5], [0.5, 0.5], "within noise"),  # no spread and no difference
+    ([0.6, 0.6], [0.5, 0.5], "helped"),  # no spread: any difference is beyond it
+])
+def test_kd_verdict(kd: list[float], no_teacher: list[float], verdict: str) -> None:
+    assert kd_gain(kd, no_teacher, metric="val_acc", mode="max", n_val=None).verdict == verdict
+
+
+def test_kd_gain_of_a_loss_is_positive_when_the_teacher_lowers_it() -> None:
+    # means 1.1 and 1.6; s^2 = 0.02 each side, so SE = sqrt(0.02 / 2 + 0.02 / 2) = 0.1414
+    gain = kd_gain([1.0, 1.2], [1.5, 1.7], metric="val_loss", mode="min", n_val=100)
+    assert gain.gain == pytest.approx(0.5)
+    assert gain.se == pytest.approx(math.sqrt(0.02))
+    assert gain.val_se is None  # no binomial noise for a loss
+    assert gain.verdict == "helped"
+    worse = kd_gain([1.5, 1.7], [1.0, 1.2], metric="val_loss", mode="min", n_val=100)
+    assert worse.gain == pytest.approx(-0.5) and worse.verdict == "hurt"
+
+
+def test_one_seed_has_no_standard_error_and_no_verdict() -> None:
+    gain = kd_gain([0.6], [0.5], metric="val_acc", mode="max", n_val=25)
+    assert gain.gain == pytest.approx(0.1)
+    assert gain.se is None and gain.verdict == "unknown"
+    assert gain.val_se == pytest.approx(math.sqrt(0.6 * 0.4 / 25))
+    uneven = kd_gain([0.6], [0.5, 0.52], metric="val_acc", mode="max", n_val=None)
+    assert uneven.se is None and (uneven.kd_runs, uneven.no_teacher_runs) == (1, 2)
+    with pytest.raises(ValueError, match="0 runs with the teacher and 2 without"):
+        kd_gain([], [0.5, 0.52], metric="val_acc", mode="max", n_val=None)
+
+
+@pytest.mark.parametrize("gain", [
+    kd_gain(KD, NO_TEACHER, metric="val_acc", mode="max", n_val=100),
+    kd_gain([1.0, 1.2], [1.5, 1.7], metric="val_loss", mode="min", n_val=100),
+    KdGain("val_acc", "max", 0.6, 0.5, 1, 1, None, None),
+])
+def test_kd_metrics_read_back_as_the_same_gain(gain: KdGain) -> None:
+    metrics = kd_metrics(gain)
+    assert metrics["kd_gain"] == pytest.approx(
+        (1 if gain.mode == "max" else -1)
+        * (metrics[f"kd_student_{gain.metric}"] - metrics[f"no_teacher_{gain.metric}"]))
+    assert ("kd_gain_se" in metrics) == (gain.se is not None)
+    assert kd_gain_of(metrics, gain.metric, gain.mode) == gain
+    assert kd_gain_of({"val_acc": 0.5}, "val_acc", "max") is None
+
+
+def test_baseline_runs_are_not_trials_to_any_query() -> None:
+    assert "'kd_baseline'" in baseline_query("p1") and "'trial'" not in baseline_query("p1")
+    assert "tags.`kdsearch.role` = 'trial'" in trial_query("p1")

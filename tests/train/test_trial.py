@@ -110,6 +110,39 @@ def test_a_resumed_trial_ends_as_one_that_never_stopped(
     assert resumed.metrics[0]["val_loss"] == pytest.approx(whole.metrics[1]["val_loss"])
 
 
+def test_another_seed_trains_another_student(context: TrialContext, tmp_path: Path) -> None:
+    """``seed`` (kdsearch.search.baseline's further runs) replaces ``search.seed``; None keeps
+    it, so a trial and its rerun on the search's seed are the same training."""
+    torch.set_num_threads(1)
+    ends = {}
+    for seed in (None, context.cfg.search.seed, context.cfg.search.seed + 1):
+        folder = tmp_path / f"seed-{seed}"
+        folder.mkdir()
+        fit(context, {"alpha": 0.0}, Recorder(folder), seed=seed)
+        ends[seed] = _saved(folder / "epoch2")["student"]
+    torch.testing.assert_close(ends[None], ends[context.cfg.search.seed])
+    other = ends[context.cfg.search.seed + 1]
+    assert any(not torch.equal(value, other[name]) for name, value in ends[None].items())
+
+
 def test_a_diverging_trial_stops_with_the_reason(context: TrialContext, tmp_path: Path) -> None:
     with pytest.raises(NonFiniteLossError, match="training loss became"):
         fit(context, {"lr": 1e30, "optimizer": "sgd", "alpha": 0.5}, Recorder(tmp_path))
+
+
+def test_online_the_teacher_scores_its_own_clip_of_the_students_view(
+        context: TrialContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[int, ...]] = []
+    load_teacher = trial_module.load_teacher
+
+    def recording(path: str, device: torch.device) -> torch.nn.Module:
+        teacher = load_teacher(path, device)
+        teacher.register_forward_pre_hook(lambda _, args: seen.append(tuple(args[0].shape)))
+        return teacher
+
+    monkeypatch.setattr(trial_module, "load_teacher", recording)
+    fit(context, {"alpha": 0.5, "temperature": 2.0, "backbone": "tiny3d"}, Recorder(tmp_path))
+    teacher, student = context.cfg.teacher.clip, context.cfg.student.clip
+    assert teacher is not None and teacher.num_frames != student.num_frames
+    assert seen and {shape[1:] for shape in seen} == {
+        (3, teacher.num_frames, teacher.crop_size, teacher.crop_size)}
