@@ -24,6 +24,7 @@ from kdsearch.config.schema import (
     LogUniform,
     Median,
     NoScheduler,
+    Pretrain,
     Resources,
     Search,
     SpaceConfig,
@@ -38,7 +39,8 @@ from kdsearch.config.schema import (
 
 __all__ = [
     "PRETRAINED", "SEARCHABLE", "Agreement", "Asha", "Choice", "Clip", "ConfigError", "Data",
-    "Experiment", "HyperBand", "IntRange", "LogUniform", "Median", "NoScheduler", "Resources",
+    "Experiment", "HyperBand", "IntRange", "LogUniform", "Median", "NoScheduler", "Pretrain",
+    "Resources",
     "Search", "SpaceConfig", "Student", "Teacher", "Tracking", "Uniform", "WarmStart",
     "final_space", "format_validation_error", "load_space", "search_space_problems",
     "searched_values", "teacher_clip", "trial_student",

@@ -181,6 +181,11 @@ def resolve_paths(cfg: SpaceConfig, cwd: Path) -> SpaceConfig:
         teacher = teacher.model_copy(update={"weights": _absolute(teacher.weights, cwd)})
     if teacher.cache_dir:
         teacher = teacher.model_copy(update={"cache_dir": _absolute(teacher.cache_dir, cwd)})
+    if teacher.pretrain is not None:
+        source = teacher.pretrain.data
+        source = source.model_copy(update={"root": _absolute(source.root, cwd)})
+        teacher = teacher.model_copy(update={
+            "pretrain": teacher.pretrain.model_copy(update={"data": source})})
     if student.weights not in PRETRAINED:
         student = student.model_copy(update={"weights": _absolute(student.weights, cwd)})
     uri = _tracking_uri(cfg.tracking.uri or "sqlite:///mlflow.db", cwd, "tracking.uri")

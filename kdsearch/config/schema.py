@@ -112,6 +112,17 @@ class Clip(_Model):
     crop_size: Annotated[int, Field(ge=16)] = 64
 
 
+class Pretrain(_Model):
+    """Train the teacher on a larger, related labelled set before fine-tuning it on ``data``:
+    what Kinetics-400 is to a real teacher (the demo's stand-in), or footage of related
+    actions a team has labelled before. It starts from ``teacher.weights``; its head is
+    replaced for the target classes."""
+
+    data: Data
+    epochs: Annotated[int, Field(ge=1)] = 10
+    lr: Annotated[float, Field(gt=0)] = 2e-3
+
+
 class Teacher(_Model):
     model: str
     weights: str = "none"
@@ -123,6 +134,7 @@ class Teacher(_Model):
     # The teacher's own input; None: the model's native clip from the registry. Its clips
     # cover the same time span and crop box as the student's (kdsearch.data.video).
     clip: Clip | None = None
+    pretrain: Pretrain | None = None
     # Decode and run the teacher once per view before the trials (kdsearch.train.cache).
     cache: bool = True
     cache_views: Annotated[int, Field(ge=1)] = 4

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 
 from kdsearch import storage
-from kdsearch.config import ConfigError, SpaceConfig, teacher_clip
-from kdsearch.data.dataset import DatasetSplits, make_loaders
+from kdsearch.config import ConfigError, SpaceConfig, Teacher, teacher_clip
+from kdsearch.data.dataset import DatasetSplits, load_dataset, make_loaders, prepare_data
 from kdsearch.models import WeightsError, build_model, get_head
 from kdsearch.models.checkpoints import TEACHER_FILE, save_teacher
 from kdsearch.storage import is_uri
@@ -38,6 +38,7 @@ from kdsearch.train.loop import (
 )
 
 META_FILE = "meta.json"
+PRETRAINED_FILE = "backbone.pt"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,10 +50,13 @@ class TeacherResult:
     seconds: float
 
 
-def teacher_key(cfg: SpaceConfig, data: DatasetSplits) -> str:
+def teacher_key(cfg: SpaceConfig, data: DatasetSplits, source: DatasetSplits | None = None
+                ) -> str:
+    """``source``: the set of ``teacher.pretrain`` (its content is part of the key)."""
     # The cache settings decide what is done with the teacher, not the teacher itself.
     teacher = cfg.teacher.model_dump(exclude={"cache", "cache_views", "cache_dir", "clip"})
     payload = {"teacher": teacher, "clip": teacher_clip(cfg).model_dump(),
+               "source": source.fingerprint if source else None,
                "classes": list(data.classes), "data": data.fingerprint,
                "seed": cfg.search.seed, "val_clips": cfg.student.val_clips_per_video}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -61,9 +65,10 @@ def teacher_key(cfg: SpaceConfig, data: DatasetSplits) -> str:
 def prepare_teacher(cfg: SpaceConfig, data: DatasetSplits, log: Callable[[str], None] = print
                     ) -> TeacherResult:
     """Reuse the saved teacher for these settings and data, or fine-tune and save one."""
-    key = teacher_key(cfg, data)
+    source = _source(cfg, log)
+    key = teacher_key(cfg, data, source)
     if is_uri(cfg.storage):
-        return _prepare_remote(cfg, data, key, log)
+        return _prepare_remote(cfg, data, source, key, log)
     folder = Path(cfg.storage) / "teachers" / key
     if (folder / META_FILE).is_file() and (folder / TEACHER_FILE).is_file():
         meta = json.loads((folder / META_FILE).read_text())
@@ -71,7 +76,7 @@ def prepare_teacher(cfg: SpaceConfig, data: DatasetSplits, log: Callable[[str], 
             f"(val_acc {meta['metrics']['val_acc']:.3f})")
         return TeacherResult(folder / TEACHER_FILE, meta["metrics"], True, key, 0.0)
     start = time.monotonic()
-    metrics, state = _finetune(cfg, data, log)
+    metrics, state = _finetune(cfg, data, source, log)
     seconds = time.monotonic() - start
     folder.mkdir(parents=True, exist_ok=True)
     # Written atomically: a half-written teacher is never reused.
@@ -83,8 +88,8 @@ def prepare_teacher(cfg: SpaceConfig, data: DatasetSplits, log: Callable[[str], 
     return TeacherResult(folder / TEACHER_FILE, metrics, False, key, seconds)
 
 
-def _prepare_remote(cfg: SpaceConfig, data: DatasetSplits, key: str,
-                    log: Callable[[str], None]) -> TeacherResult:
+def _prepare_remote(cfg: SpaceConfig, data: DatasetSplits, source: DatasetSplits | None,
+                    key: str, log: Callable[[str], None]) -> TeacherResult:
     """:func:`prepare_teacher` for a storage URI: the teacher file is uploaded first and the
     metadata file last, so a present ``meta.json`` means a complete teacher."""
     folder = storage.join(cfg.storage, "teachers", key)
@@ -95,7 +100,7 @@ def _prepare_remote(cfg: SpaceConfig, data: DatasetSplits, key: str,
             f"(val_acc {meta['metrics']['val_acc']:.3f})")
         return TeacherResult(teacher_uri, meta["metrics"], True, key, 0.0)
     start = time.monotonic()
-    metrics, state = _finetune(cfg, data, log)
+    metrics, state = _finetune(cfg, data, source, log)
     seconds = time.monotonic() - start
     with tempfile.TemporaryDirectory(prefix="kdsearch-teacher-") as tmp:
         local = Path(tmp) / TEACHER_FILE
@@ -108,9 +113,59 @@ def _prepare_remote(cfg: SpaceConfig, data: DatasetSplits, key: str,
     return TeacherResult(teacher_uri, metrics, False, key, seconds)
 
 
-def _finetune(cfg: SpaceConfig, data: DatasetSplits, log: Callable[[str], None]
-              ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    t = cfg.teacher
+def _finetune(cfg: SpaceConfig, data: DatasetSplits, source: DatasetSplits | None,
+              log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The teacher fine-tuned on ``data``: from ``teacher.weights``, or from the backbone it
+    got on the ``source`` set first (``teacher.pretrain``)."""
+    if source is None:
+        return _train(cfg, cfg.teacher, data, log)
+    return _train(cfg, cfg.teacher.model_copy(update={"weights": _pretrained(cfg, source, log)}),
+                  data, log)
+
+
+def _source(cfg: SpaceConfig, log: Callable[[str], None]) -> DatasetSplits | None:
+    """The source set of ``teacher.pretrain`` (generated or indexed on first use)."""
+    pretrain = cfg.teacher.pretrain
+    if pretrain is None:
+        return None
+    prepare_data(pretrain.data, log=log)
+    return load_dataset(pretrain.data, teacher_clip(cfg), storage.local_dir(cfg.storage,
+                        "indexes"), log=lambda line: log(f"pretrain {line}"))
+
+
+def _pretrained(cfg: SpaceConfig, source: DatasetSplits, log: Callable[[str], None]) -> str:
+    """The teacher's backbone trained on the source set, once per settings and source data:
+    a state-dict file under ``<storage>/teachers/pretrained-<key>/`` (on this node's disk
+    for a storage URI; only the teacher stage reads it)."""
+    pretrain = cfg.teacher.pretrain
+    assert pretrain is not None
+    payload = {"model": cfg.teacher.model, "weights": cfg.teacher.weights,
+               "pretrain": pretrain.model_dump(), "clip": teacher_clip(cfg).model_dump(),
+               "data": source.fingerprint, "seed": cfg.search.seed,
+               "batch_size": cfg.teacher.batch_size, "weight_decay": cfg.teacher.weight_decay}
+    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    path = storage.local_dir(cfg.storage, "teachers", f"pretrained-{key}") / PRETRAINED_FILE
+    if path.is_file():
+        log(f"teacher {cfg.teacher.model}: reusing the backbone pretrained on "
+            f"{len(source.train)} source videos ({path})")
+        return str(path)
+    log(f"teacher {cfg.teacher.model}: pretraining on {len(source.train)} videos of "
+        f"{len(source.classes)} classes ({storage.redact(pretrain.data.root)})")
+    stage = cfg.teacher.model_copy(update={"epochs": pretrain.epochs, "lr": pretrain.lr,
+                                           "finetune": "full"})
+    _, state = _train(cfg, stage, source, log, what="pretraining")
+    # The inner model's weights (no normalising wrapper): build_model loads them as a
+    # backbone checkpoint and gives the model a new head for the target classes.
+    backbone = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(backbone, tmp)
+    os.replace(tmp, path)  # a half-written backbone is never reused
+    return str(path)
+
+
+def _train(cfg: SpaceConfig, t: Teacher, data: DatasetSplits, log: Callable[[str], None],
+           what: str = "epoch") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     torch.manual_seed(cfg.search.seed)
     torch.set_num_threads(cfg.resources.teacher_cpus)
     device = pick_device(cfg.resources.gpus_per_trial)
@@ -132,7 +187,7 @@ def _finetune(cfg: SpaceConfig, data: DatasetSplits, log: Callable[[str], None]
     clock = [time.monotonic()]
 
     def done(epoch: int, lr: float, metrics: dict[str, Any]) -> None:
-        log(f"teacher {t.model} epoch {epoch}/{t.epochs}: train_loss "
+        log(f"teacher {t.model} {what} {epoch}/{t.epochs}: train_loss "
             f"{metrics['train_loss']:.3f} val_acc {metrics['val_acc']:.3f} "
             f"({time.monotonic() - clock[0]:.0f}s)")
         clock[0] = time.monotonic()

@@ -22,7 +22,7 @@ def test_demo_is_valid_and_paths_become_absolute(tmp_path: Path) -> None:
     assert cfg.data.root == str(tmp_path / "data" / "synthetic-demo")
     assert cfg.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert cfg.storage == str(tmp_path / "kdsearch_results")
-    assert set(cfg.search.space) == {"alpha", "temperature", "lr", "backbone"}
+    assert set(cfg.search.space) == {"kd_loss", "alpha", "temperature", "lr", "backbone"}
 
 
 @pytest.mark.parametrize(("changes", "expected"), [
@@ -192,7 +192,8 @@ def test_final_space_trains_one_configuration(tmp_path: Path, base_space: dict[s
     assert cfg.search.space == {} and cfg.search.num_samples == 1
     assert cfg.search.max_concurrent == 1 and cfg.search.scheduler.name == "none"
     assert cfg.experiment.name == "demo-final"
-    assert cfg.teacher == load_space(DEMO, cwd=tmp_path).teacher
+    # The teacher as the search had it: its paths (the pretraining set) stay absolute.
+    assert cfg.teacher.model_dump(mode="json") == base_space["teacher"]
     assert final_space(base_space, {})["experiment"] == base_space["experiment"]
 
 
@@ -204,7 +205,8 @@ def test_the_teacher_clip_defaults_to_the_models_native_input(
         tmp_path: Path, model: str, expected: tuple[int, int, int]) -> None:
     from kdsearch.config import teacher_clip
 
-    cfg = load_space(write_space(tmp_path, **{"teacher.model": model}), cwd=tmp_path)
+    cfg = load_space(write_space(tmp_path, **{"teacher.model": model, "teacher.clip": None}),
+                     cwd=tmp_path)
     assert cfg.teacher.clip is None
     clip = teacher_clip(cfg)
     assert (clip.num_frames, clip.stride, clip.crop_size) == expected
@@ -221,3 +223,13 @@ def test_a_teacher_clip_that_its_model_cannot_take_names_the_path(tmp_path: Path
                for p in found), found
     found = problems(write_space(tmp_path, **{"teacher.clip": {"num_frames": 0}}))
     assert any(p.startswith("teacher.clip.num_frames:") for p in found), found
+
+
+def test_the_teacher_pretraining_set_resolves_like_data(tmp_path: Path) -> None:
+    cfg = load_space(DEMO, cwd=tmp_path)
+    assert cfg.teacher.pretrain is not None
+    assert cfg.teacher.pretrain.data.root == str(tmp_path / "data" / "synthetic-source")
+    found = problems(write_space(tmp_path, **{"teacher.pretrain.epochs": 0,
+                                              "teacher.pretrain.data.format": "tapes"}))
+    assert any(p.startswith("teacher.pretrain.epochs:") for p in found), found
+    assert any(p.startswith("teacher.pretrain.data.format:") for p in found), found
