@@ -1,4 +1,4 @@
-"""A registry model with its own input normalisation, so that teacher and student share one
+"""A registry model with its own input normalisation, so that teacher and student take the same
 raw clip (float in [0, 1]) whatever mean and std each was trained with."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from kdsearch.models._registry import create_model, get_spec
 
 
 class Normalized(nn.Module):
-    """A model with its own input normalisation, so teacher and student share one raw clip."""
+    """A model with its own input normalisation, so teacher and student take the same raw clips."""
 
     mean: torch.Tensor
     std: torch.Tensor
