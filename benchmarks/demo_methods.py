@@ -1,8 +1,8 @@
-"""The real demo search (``search_spaces/demo.yaml``) with each of five search methods.
+"""The real demo search (``search_spaces/demo.yaml``) with each of six search methods.
 
     python benchmarks/demo_methods.py [--workdir DIR] [--methods ...] [--smoke]
 
-Runs the demo search five times in this process, through ``kdsearch.search.driver.run_search``
+Runs the demo search six times in this process, through ``kdsearch.search.driver.run_search``
 (what ``python -m kdsearch.run search_spaces/demo.yaml`` runs) on one local Ray, in
 ``--workdir`` (default ``demo-methods/`` under the current directory: the data, the teacher,
 the clip cache, ``mlflow.db`` and each method's log ``<method>.log``). The data, teacher and
@@ -15,7 +15,10 @@ same students on the same cached clips; each method gets its own MLflow experime
 * ``optuna+asha``: TPE with Ray's stock OptunaSearch feedback (trials ASHA stopped count as
   COMPLETE: ``stock_feedback.StockFeedbackOptunaSearch``, which
   ``stock_feedback.searchers_of_run_search`` has ``run_search`` build), ASHA;
-* ``kdsearch+asha``: the demo as shipped (fidelity-aware TPE, ASHA).
+* ``kdsearch+asha``: fidelity-aware TPE, ASHA;
+* ``kdsearch``: the demo as shipped (fidelity-aware TPE, the default ``agreement`` scheduler).
+
+ASHA runs with the grace period 2 and reduction factor 2 the demo used to ship with.
 
 Then prints, from MLflow, per method: the best completed trial's val_acc, the epochs every
 trial trained in total, trials completed and pruned, and the search's wall time (Ray is
@@ -26,7 +29,7 @@ costs on this problem, not a ranking with error bars (``benchmarks/search_qualit
 measures that over seeds on a simulated objective).
 
 ``--smoke``: the same with a tiny demo (8 training and 4 validation videos of 32x32, a
-one-epoch teacher, 3 trials of 2 epochs, ASHA's grace period 1, clips of 4 frames at crop
+one-epoch teacher without pretraining, 3 trials of 2 epochs, no KD baseline, clips of 4 frames at crop
 16) in ``--workdir``, by default a new temporary folder, removed afterwards; a check that the
 benchmark runs, not a measurement.
 """
@@ -53,12 +56,14 @@ from stock_feedback import StockFeedbackOptunaSearch, searchers_of_run_search  #
 from kdsearch.search.sampler import FidelityAwareOptunaSearch  # noqa: E402
 
 DEMO = REPO / "search_spaces" / "demo.yaml"
+ASHA = "search.scheduler={name: asha, grace_period: 2, reduction_factor: 2}"
 METHODS = {
     "random": ["search.sampler=random", "search.scheduler={name: none}"],
-    "random+asha": ["search.sampler=random"],
+    "random+asha": ["search.sampler=random", ASHA],
     "tpe": ["search.scheduler={name: none}"],
-    "optuna+asha": [],  # and Ray's stock feedback: STOCK
-    "kdsearch+asha": [],
+    "optuna+asha": [ASHA],  # and Ray's stock feedback: STOCK
+    "kdsearch+asha": [ASHA],
+    "kdsearch": [],
 }
 STOCK = {"optuna+asha"}
 #: The tiny demo of --smoke.
@@ -67,7 +72,7 @@ SMOKE = [
     "data.synthetic.num_frames=16", "data.synthetic.size=32",
     "teacher.epochs=1", "teacher.cache_views=1",
     "student.epochs=2", "student.clip={num_frames: 4, stride: 2, crop_size: 16}",
-    "search.num_samples=3", "search.scheduler.grace_period=1",
+    "search.num_samples=3", "teacher.pretrain=null", "report.kd_baseline=false",
 ]
 
 

@@ -52,7 +52,7 @@ METRICS = ("val_acc", "val_loss", "train_loss")
 SMOKE = ["data.synthetic.train_per_class=2", "data.synthetic.val_per_class=1",
          "data.synthetic.num_frames=16", "data.synthetic.size=32", "teacher.epochs=1",
          "teacher.cache_views=1", "student.epochs=2",
-         "student.clip={num_frames: 4, stride: 2, crop_size: 16}"]
+         "student.clip={num_frames: 4, stride: 2, crop_size: 16}", "teacher.pretrain=null"]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -308,6 +308,16 @@ class Search(_Model):
     points_to_evaluate: list[dict[str, str | int | float | bool]] = []
     warm_start: WarmStart | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_scheduler_name(cls, data: Any) -> Any:
+        # `scheduler: {grace_period: 2}` (or `--set search.scheduler.grace_period=2` on a file
+        # that names none) tunes the default scheduler, not an unnamed one.
+        scheduler = data.get("scheduler") if isinstance(data, Mapping) else None
+        if isinstance(scheduler, Mapping) and "name" not in scheduler:
+            return {**data, "scheduler": {"name": Agreement().name, **scheduler}}
+        return data
+
 
 class Resources(_Model):
     cpus_per_trial: Annotated[float, Field(gt=0)] = 1

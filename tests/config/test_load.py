@@ -139,6 +139,13 @@ def test_soccerdb1_space_file_fits_a_frame_folder_set(tmp_path: Path,
     cfg = load_space(space, ["teacher.weights=none", "student.weights=none"], cwd=tmp_path)
     assert cfg.data.format == "frame_folder" and cfg.resources.gpus_per_trial == 1
     assert cfg.search.space["backbone"].values == ["resnet18_tsn", "x3d_xs"]  # type: ignore[union-attr]
+    # The teacher at its native input; the loss searched, each loss's own settings with it.
+    from kdsearch.config import teacher_clip
+
+    assert cfg.teacher.clip is None
+    assert teacher_clip(cfg).model_dump() == {"num_frames": 8, "stride": 8, "crop_size": 224}
+    assert cfg.search.space["kd_loss"].values == ["kd", "dkd", "dist"]  # type: ignore[union-attr]
+    assert cfg.search.space["dkd_beta"].when == {"kd_loss": ["dkd"]}
 
 
 def test_ucf101_space_file_reads_index_labels(tmp_path: Path) -> None:
