@@ -18,11 +18,13 @@ class Progress(Callback):
     ``start`` (``time.monotonic()``; default: now), the start of the whole search."""
 
     def __init__(self, metric: str, mode: str, max_t: int, total: int,
-                 stream: TextIO = sys.stderr, every: float = 1.0,
+                 stream: TextIO | None = None, every: float = 1.0,
                  start: float | None = None) -> None:
         self.metric, self.mode, self.max_t, self.total = metric, mode, max_t, total
-        self.stream = stream
-        self.tty = stream.isatty()
+        # sys.stderr as it is now, not as it was when this module was imported (a caller or
+        # a test harness may have replaced it since).
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty()
         self.every = every if self.tty else 30.0
         self.start = time.monotonic() if start is None else start
         self.last_draw = 0.0
