@@ -63,3 +63,12 @@ def test_settings_take_sampled_values_over_student_defaults(tmp_path: Path) -> N
     settings = trial_student(cfg.student, {"alpha": 0.7, "batch_size": 4.0})
     assert settings.alpha == 0.7 and settings.batch_size == 4
     assert settings.backbone == cfg.student.backbone
+
+
+def test_a_scheduler_without_a_name_tunes_the_default() -> None:
+    from kdsearch.config import Agreement, Search
+
+    scheduler = Search.model_validate({"scheduler": {"grace_period": 3}}).scheduler
+    assert scheduler == Agreement(grace_period=3)
+    named = Search.model_validate({"scheduler": {"name": "asha", "grace_period": 3}}).scheduler
+    assert named.name == "asha"
