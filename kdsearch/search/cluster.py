@@ -2,19 +2,22 @@
 
 A search starts its own private local Ray unless ``--address`` or ``RAY_ADDRESS`` names a
 cluster: ``ray.init()`` without an address would join whatever cluster was last started on
-the machine (``/tmp/ray/ray_current_cluster``), a stranger's included.
+the machine (``/tmp/ray/ray_current_cluster``), a stranger's included. Once connected, every
+request the search will make of Ray is checked against the nodes (kdsearch.search.placement).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import ray
 
 from kdsearch.config import ConfigError, SpaceConfig
 from kdsearch.models import OFFLINE_ENV
+from kdsearch.search.placement import plan
 from kdsearch.storage import redact
 from kdsearch.text import plural
 
@@ -24,7 +27,8 @@ def init_ray(cfg: SpaceConfig, address: str | None, say: Any = print) -> SpaceCo
     which in one line.
 
     Returns the configuration trials run with: GPUs asked of a cluster without any are an
-    error, or with ``resources.allow_cpu`` a warning and CPU trials.
+    error, or with ``resources.allow_cpu`` a warning and CPU trials; then
+    :func:`check_placement`.
     """
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # The legacy reporter honours verbose=0; kdsearch draws its own progress line.
@@ -45,7 +49,7 @@ def init_ray(cfg: SpaceConfig, address: str | None, say: Any = print) -> SpaceCo
         ray.init(address="local", include_dashboard=False, **kwargs)
         where = "a private local Ray"
     say(f"Ray: {where}, {describe_cluster()}")
-    return _fit_gpus(cfg, say)
+    return check_placement(_fit_gpus(cfg, say), say)
 
 
 def describe_cluster() -> str:
@@ -56,12 +60,25 @@ def describe_cluster() -> str:
             f"{plural(resources.get('GPU', 0), 'GPU')}")
 
 
+def check_placement(cfg: SpaceConfig, say: Any) -> SpaceConfig:
+    """Check the teacher task, the trials and the KD-baseline tasks against the alive nodes and
+    the node types the autoscaler can add, before any stage: ConfigError for a request that
+    can never be placed, a line for what adapts or waits (kdsearch.search.placement)."""
+    up = [dict(node.get("Resources", {})) for node in ray.nodes() if node.get("Alive")]
+    placement = plan(cfg.resources, up, [t.resources for t in autoscaler_node_types()])
+    if placement.problems:
+        raise ConfigError(placement.problems)
+    for note in placement.notes:
+        say(note)
+    return cfg.model_copy(update={"resources": placement.resources})
+
+
 def _fit_gpus(cfg: SpaceConfig, say: Any) -> SpaceConfig:
     gpus = ray.cluster_resources().get("GPU", 0)
     wanted = cfg.resources.gpus_per_trial
     if wanted > 0 and gpus == 0 and (most := _autoscaler_max_gpus()):
-        say(f"no GPU node is up yet; the autoscaler can add up to {most:g} GPUs and trials "
-            "wait for them")
+        up_to = "GPU nodes" if math.isinf(most) else f"up to {plural(most, 'GPU')}"
+        say(f"no GPU node is up yet; the autoscaler can add {up_to} and trials wait for them")
         return cfg
     if wanted > 0 and gpus == 0:
         if not cfg.resources.allow_cpu:
@@ -75,13 +92,30 @@ def _fit_gpus(cfg: SpaceConfig, say: Any) -> SpaceConfig:
     return cfg
 
 
-def _autoscaler_max_gpus() -> float:
-    """GPUs the cluster's autoscaler may add (GPU worker groups scaled to zero), 0 when
-    unknown. Ray has no public API for this; its private one may move between releases."""
+class NodeType(NamedTuple):
+    resources: dict[str, float]  # one node's, as Ray names them ("CPU", "GPU")
+    max_count: int  # -1: no limit
+
+
+def autoscaler_node_types() -> list[NodeType]:
+    """The node types the cluster's autoscaler may start (GPU worker groups scaled to zero
+    included), [] when none or unknown. Ray has no public API for this; its private one may
+    move between releases."""
     try:
         from ray._private.state import state
 
-        most = state.get_max_resources_from_cluster_config() or {}
+        config = state.get_cluster_config()
+        groups = list(config.node_group_configs) if config is not None else []
+        return [NodeType({key: float(value) for key, value in group.resources.items()},
+                         int(group.max_count)) for group in groups if group.max_count != 0]
     except Exception:  # noqa: BLE001 - any failure means "unknown", never a crash
-        return 0.0
-    return float(most.get("GPU", 0))
+        return []
+
+
+def _autoscaler_max_gpus() -> float:
+    """GPUs the cluster's autoscaler may add, ``inf`` without a limit, 0 when unknown."""
+    most = 0.0
+    for node_type in autoscaler_node_types():
+        if gpus := node_type.resources.get("GPU", 0.0):
+            most += gpus * (math.inf if node_type.max_count < 0 else node_type.max_count)
+    return most
