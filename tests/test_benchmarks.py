@@ -340,14 +340,14 @@ def test_search_quality_overhead_smoke(tmp_path: Path) -> None:
 
 
 def test_demo_methods_smoke(tmp_path: Path) -> None:
-    # Ray's stock feedback and kdsearch's, both with ASHA (the other methods differ from these
-    # only in the sampler or scheduler settings, which search_quality's smokes cover).
-    methods = ("optuna+asha", "kdsearch+asha")
+    # Ray's stock feedback, the one method that swaps the searcher run_search builds (the
+    # others differ only in space-file settings, which search_quality's smokes and every
+    # real search of the suite cover).
+    methods = ("optuna+asha",)
     out = smoke("demo_methods.py", "--workdir", str(tmp_path), "--methods", *methods,
                 timeout=400)
     assert re.search(r"^optuna\+asha: \d+ s, StockFeedbackOptunaSearch told Optuna COMPLETE",
                      out, re.M)
-    assert re.search(r"^kdsearch\+asha: \d+ s, FidelityAwareOptunaSearch told", out, re.M)
     rows = {row.split(" | ")[0][2:]: row.strip("| ").split(" | ")
             for row in out.splitlines() if row.startswith("| ")}
     assert list(rows)[1:] == list(methods)  # the header, then one row per method
