@@ -30,8 +30,8 @@ measures that over seeds on a simulated objective).
 
 ``--smoke``: the same with a tiny demo (8 training and 4 validation videos of 32x32, a
 one-epoch teacher without pretraining, 3 trials of 2 epochs, no KD baseline, clips of 4
-frames at crop 16) in ``--workdir``, by default a new temporary folder, removed afterwards; a check that the
-benchmark runs, not a measurement.
+frames at crop 16) in ``--workdir``, by default a new temporary folder, removed afterwards;
+a check that the benchmark runs, not a measurement.
 """
 
 from __future__ import annotations
