@@ -24,6 +24,12 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite: the trial cannot recover."""
 
 
+class NonFiniteMetricError(RuntimeError):
+    """Validation logits, or a metric to rank by, became NaN or infinite: the weights diverged
+    (possibly in the last optimizer step, which no training loss sees), and metrics such as an
+    accuracy from the argmax of NaN logits would rank the trial by chance."""
+
+
 def to_model_input(clips: torch.Tensor, device: torch.device, channels_last: bool = False
                    ) -> torch.Tensor:
     """Clips on ``device`` as float [0, 1]. Loaders send uint8: a quarter of the bytes through
@@ -236,15 +242,39 @@ def _video_metrics(videos: dict[int, np.ndarray], video_label: dict[int, int],
     return out
 
 
+class _NonFiniteLogits:
+    """Counts the clips whose validation logits hold a NaN or an infinity; the first such
+    value names the error."""
+
+    def __init__(self) -> None:
+        self.clips, self.value = 0, 0.0
+
+    def add(self, logits: np.ndarray) -> None:
+        bad = ~np.isfinite(logits)
+        if not bad.any():
+            return
+        if not self.clips:
+            self.value = float(logits[bad][0])
+        self.clips += int(bad.any(1).sum())
+
+    def check(self, seen: int, epoch: int | None) -> None:
+        if self.clips:
+            when = "" if epoch is None else f" after epoch {epoch}"
+            raise NonFiniteMetricError(f"validation logits became {self.value}{when} "
+                                       f"({self.clips} of {seen} clips)")
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable[Batch], device: torch.device,
-             classes: Sequence[str], *, bf16: bool = False, channels_last: bool = False
-             ) -> dict[str, Any]:
+             classes: Sequence[str], *, bf16: bool = False, channels_last: bool = False,
+             epoch: int | None = None) -> dict[str, Any]:
     """Clip and video metrics over ``loader``, whose batches may hold several clips per video.
 
     A video is predicted by the argmax of its mean clip logits; frame-level students (a
     ``frame_logits`` method) also get ``val_vote_acc``, a majority vote over all their frames.
     Video-level macro F1, per-class accuracy and confusion use the mean-logit prediction.
+    Logits with a NaN or an infinity raise :class:`NonFiniteMetricError` (``epoch``, the epoch
+    just trained, names when): the weights diverged, and their metrics would be noise.
     """
     model.eval()
     num_classes = len(classes)
@@ -252,17 +282,20 @@ def evaluate(model: nn.Module, loader: Iterable[Batch], device: torch.device,
     videos: dict[int, np.ndarray] = {}  # per video: summed [logits, frame votes, frame logits]
     video_label: dict[int, int] = {}
     loss_sum, correct, seen = 0.0, 0, 0
+    non_finite = _NonFiniteLogits()
     for clips, labels, video_ids, *_ in loader:
         host_labels = _host_labels(labels, num_classes)
         with autocast(device, bf16):
             rows = _batch_rows(model, frame_fn, to_model_input(clips, device, channels_last),
                                labels.to(device), num_classes)
+        non_finite.add(rows[:, 1:num_classes + 1])
         loss_sum += float(rows[:, 0].sum())
         correct += int((rows[:, 1:num_classes + 1].argmax(1) == host_labels).sum())
         seen += len(rows)
         _add_to_videos(videos, video_label, video_ids, host_labels, rows[:, 1:])
     if seen == 0:
         raise ValueError("the validation loader yielded no clips: evaluate needs at least one")
+    non_finite.check(seen, epoch)
     return {"val_acc": correct / seen, "val_loss": loss_sum / seen,
             **_video_metrics(videos, video_label, classes, frame_fn is not None)}
 
@@ -290,7 +323,8 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: A
         lr = float(optimizer.param_groups[0]["lr"])
         metrics = train_one_epoch(model, train_batches(epoch), optimizer, device, teacher,
                                   distillation, epoch=epoch, **speed)
-        metrics.update(evaluate(model, val_batches, device, classes, **speed))
+        metrics.update(evaluate(model, val_batches, device, classes, epoch=epoch,
+                                **speed))
         schedule.step()
         if on_epoch is not None:
             on_epoch(epoch, lr, metrics)

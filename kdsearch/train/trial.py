@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -18,6 +19,7 @@ from kdsearch.models.checkpoints import STUDENT_FILE, load_teacher, read_student
 from kdsearch.train.cache import CachedTrainBatches, CachedValBatches, ClipCache
 from kdsearch.train.loop import (
     Batch,
+    NonFiniteMetricError,
     make_optimizer,
     pick_device,
     to_channels_last,
@@ -75,6 +77,7 @@ def fit(ctx: TrialContext, sampled: Mapping[str, Any], report: Report,
 
     def done(epoch: int, lr: float, metrics: dict[str, Any]) -> None:
         metrics.update({"epoch": epoch, "lr": lr, "device": str(device)})
+        _check_metric(metrics, cfg.search.metric, epoch)  # before the report: never ranked
         with tempfile.TemporaryDirectory(prefix="kdsearch-ckpt-") as tmp:
             save_student(Path(tmp), epoch=epoch, student=student, optimizer=optimizer,
                          schedule=schedule, settings=searched_values(settings),
@@ -86,6 +89,15 @@ def fit(ctx: TrialContext, sampled: Mapping[str, Any], report: Report,
                  start=start, teacher=teacher,
                  distillation=Distillation.from_student(settings), bf16=cfg.student.bf16,
                  channels_last=cfg.student.channels_last, on_epoch=done)
+
+
+def _check_metric(metrics: Mapping[str, Any], metric: str, epoch: int) -> None:
+    """A NaN or infinite ``metric`` fails the trial: ranked by it, the trial would win or lose
+    by chance, and a scheduler or sampler would compare against noise."""
+    value = metrics.get(metric)
+    if isinstance(value, int | float) and not math.isfinite(value):
+        raise NonFiniteMetricError(f"search.metric {metric} became {value} after epoch {epoch}: "
+                                   "a trial is ranked by it, so it must be finite")
 
 
 def _data(ctx: TrialContext, batch_size: int, seed: int, with_teacher: bool

@@ -141,6 +141,36 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(ray_local: None,
     assert parent.data.tags["kdsearch.status"] == "failed"
 
 
+def test_a_trial_diverging_in_its_last_step_fails_and_never_ranks(ray_local: None,
+                                                                  tmp_path: Path) -> None:
+    from kdsearch.config.load import load_space
+    from kdsearch.search.driver import run_search
+
+    # One training batch per epoch (batch_size 64 > 16 videos): lr 1e30 breaks the weights in
+    # the step after the only, finite loss, so only the evaluation can see it.
+    search = {**TINY_SPACE["search"], "num_samples": 2,
+              "space": {"lr": {"type": "choice", "values": [1e30, 1e-3]}},
+              "points_to_evaluate": [{"lr": 1e30}, {"lr": 1e-3}]}
+    student = {**TINY_SPACE["student"], "optimizer": "sgd", "epochs": 1, "batch_size": 64}
+    path = write_tiny_space(tmp_path, search=search, student=student)
+    cfg = load_space(path, cwd=tmp_path)
+    outcome = run_search(cfg, path, say=lambda _: None)
+    assert [r.status for r in outcome.rows] == ["completed", "failed"]
+    best = outcome.best
+    assert best is not None and best.config["lr"] == 1e-3
+    assert best.value is not None and 0.0 <= best.value <= 1.0
+    client = MlflowClient(cfg.tracking_uri)
+    (failed,) = client.search_runs([outcome.experiment_id], filter_string=(
+        "tags.`kdsearch.role` = 'trial' and tags.`kdsearch.status` = 'failed'"))
+    assert failed.info.status == "FAILED"
+    error = failed.data.tags["kdsearch.error"]
+    assert error.startswith("NonFiniteMetricError: validation logits became "), error
+    assert " after epoch 1 (" in error
+    assert "val_acc" not in failed.data.metrics  # the diverged epoch was never reported
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.data.tags["kdsearch.best_run_id"] == best.run_id
+
+
 def test_ctrl_c_keeps_finished_work_and_leaves_no_run_open(tmp_path: Path) -> None:
     student = {**TINY_SPACE["student"], "epochs": 200}  # trials are still running at Ctrl-C
     write_tiny_space(tmp_path, student=student)

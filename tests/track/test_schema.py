@@ -17,6 +17,7 @@ from kdsearch.track.schema import (
     kd_gain_of,
     kd_metrics,
     rank_rows,
+    ranked,
     small_val_warning,
     standard_error,
     status_of,
@@ -42,6 +43,29 @@ def test_ranking_by_status_then_last_value_then_trial_id() -> None:
     best = best_row(rows, "max")
     assert best is not None and best.trial_id == "c_top"
     assert best_row([row("p", "pruned", 2, 0.9)], "max") is None  # only completed trials
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, None])
+def test_a_non_finite_value_ranks_last_and_never_best(mode: str, bad: float | None) -> None:
+    # "a_..." ids: the tie-break by trial id alone would put them first.
+    rows = [row("b_low", "completed", 8, 0.2), row("a_bad", "completed", 8, bad),
+            row("c_high", "completed", 8, 0.9), row("a_pbad", "pruned", 4, bad),
+            row("p_ok", "pruned", 4, 0.5)]
+    finite_first = ["c_high", "b_low"] if mode == "max" else ["b_low", "c_high"]
+    assert [r.trial_id for r in rank_rows(rows, mode)] == [*finite_first, "a_bad", "p_ok",
+                                                           "a_pbad"]
+    best = best_row(rows, mode)
+    assert best is not None and best.trial_id == finite_first[0]
+    assert best_row([row("a_bad", "completed", 8, bad)], mode) is None
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_every_non_finite_value_after_every_finite_one(mode: str) -> None:
+    values = {"a": math.inf, "b": -math.inf, "c": math.nan, "d": 0.5, "e": None, "f": -3.0}
+    order = ranked(list(values), mode=mode, status=lambda _: Status.COMPLETED,
+                   value=values.__getitem__, trial_id=str)
+    assert order == (["d", "f"] if mode == "max" else ["f", "d"]) + ["a", "b", "c", "e"]
 
 
 def test_status_of_a_trial_that_ended() -> None:

@@ -3,6 +3,7 @@ channels-last weights, and the distillation each training epoch gets."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import pytest
@@ -13,6 +14,7 @@ from torch import nn
 from kdsearch.models import Normalized, build_model
 from kdsearch.train.loop import (
     Batch,
+    NonFiniteMetricError,
     channels_last_weights,
     evaluate,
     make_optimizer,
@@ -161,6 +163,27 @@ def test_evaluate_rejects_class_count_mismatch() -> None:
         evaluate(ClipTable(CLIP_LOGITS), [_batch([[0]], [0], [0])], CPU, ["a", "b"])
 
 
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_evaluate_fails_on_diverged_weights(value: float) -> None:
+    # The argmax of NaN logits is a class all the same: without the check val_acc would look
+    # like a real (chance) accuracy while val_loss is NaN.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 2, 3))
+    with torch.no_grad():
+        model[1].weight.fill_(value)
+    batches = [_batch([[1, 1], [2, 0], [1, 2]], [0, 1, 2], [0, 1, 2])]
+    with pytest.raises(NonFiniteMetricError,
+                       match=r"^validation logits became (nan|-?inf) after epoch 3 \(3 of 3 "
+                             r"clips\)$"):
+        evaluate(model, batches, CPU, ["a", "b", "c"], epoch=3)
+
+
+def test_evaluate_counts_the_clips_with_non_finite_logits() -> None:
+    batches = [_batch([[0], [1]], [0, 1], [0, 1]), _batch([[1], [0]], [1, 0], [2, 3])]
+    with pytest.raises(NonFiniteMetricError,
+                       match=r"^validation logits became inf \(2 of 4 clips\)$"):
+        evaluate(ClipTable([[1.0, 0.0], [0.0, math.inf]]), batches, CPU, ["a", "b"])
+
+
 # --- evaluate on the real frame-level student ---------------------------------------------------
 
 def test_evaluate_resnet18_tsn() -> None:
@@ -259,6 +282,20 @@ def test_each_epoch_gives_dkd_its_number_for_the_warm_up() -> None:
     with torch.no_grad():
         full = Distillation("dkd", dkd_warmup=0).teacher_term(student(clips), cached, labels)
     assert kd == pytest.approx([0.5 * full.item(), full.item(), full.item()], rel=1e-5)
+
+
+def test_divergence_in_the_last_optimizer_step_fails_the_epoch() -> None:
+    # One batch: its training loss is finite, only the step after it breaks the weights.
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Flatten(), nn.Linear(3 * 2, 3))
+    batch = _batch([[0, 1], [2, 0], [1, 1]], [0, 1, 2], [0, 1, 2])
+    optimizer = torch.optim.SGD(student.parameters(), lr=math.inf)
+    done: list[int] = []
+    with pytest.raises(NonFiniteMetricError, match=r"validation logits became .* after epoch 1 "):
+        train_epochs(student, optimizer, _NoSchedule(), train_batches=lambda epoch: [batch],
+                     val_batches=[batch], device=CPU, classes=["a", "b", "c"], epochs=2,
+                     on_epoch=lambda epoch, lr, metrics: done.append(epoch))
+    assert done == []  # never reported as a normal epoch
 
 
 def test_alpha_zero_trains_on_the_labels_without_a_teacher() -> None:

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from kdsearch.train import loop as loop_module
 from kdsearch.train import trial as trial_module
 from kdsearch.train.cache import prepare_cache
-from kdsearch.train.loop import NonFiniteLossError
+from kdsearch.train.loop import NonFiniteLossError, NonFiniteMetricError
 from kdsearch.train.trial import CHECKPOINT_FILE, TrialContext, fit
 
 from .helpers import Recorder, dataset
@@ -128,6 +130,37 @@ def test_another_seed_trains_another_student(context: TrialContext, tmp_path: Pa
 def test_a_diverging_trial_stops_with_the_reason(context: TrialContext, tmp_path: Path) -> None:
     with pytest.raises(NonFiniteLossError, match="training loss became"):
         fit(context, {"lr": 1e30, "optimizer": "sgd", "alpha": 0.5}, Recorder(tmp_path))
+
+
+def test_divergence_in_the_last_step_of_an_epoch_fails_the_trial(context: TrialContext,
+                                                                 tmp_path: Path) -> None:
+    # One batch per epoch: its loss is finite, only the step after it breaks the weights.
+    report = Recorder(tmp_path)
+    settings = {"lr": 1e30, "optimizer": "sgd", "alpha": 0.0, "batch_size": 64}
+    with pytest.raises(NonFiniteMetricError, match=r"validation logits became .* after epoch 1 "):
+        fit(context, settings, report)
+    assert report.metrics == []
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_a_non_finite_metric_fails_the_trial_before_its_report(
+        context: TrialContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        value: float) -> None:
+    evaluate = loop_module.evaluate
+    calls: list[int] = []
+
+    def breaks_at_epoch_2(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        calls.append(kwargs["epoch"])
+        metrics = evaluate(*args, **kwargs)
+        return {**metrics, "val_acc": value} if kwargs["epoch"] == 2 else metrics
+
+    monkeypatch.setattr(loop_module, "evaluate", breaks_at_epoch_2)
+    report = Recorder(tmp_path)
+    assert context.cfg.search.metric == "val_acc"
+    with pytest.raises(NonFiniteMetricError,
+                       match=rf"^search.metric val_acc became {value} after epoch 2: "):
+        fit(context, {"alpha": 0.0}, report)
+    assert calls == [1, 2] and [m["epoch"] for m in report.metrics] == [1]
 
 
 def test_online_the_teacher_scores_its_own_clip_of_the_students_view(
