@@ -40,6 +40,7 @@ from kdsearch.track.publish import publish
 from kdsearch.track.runs import (
     close_open_runs,
     completed_trials,
+    drop_lost_trials,
     fail_parent,
     finish_parent,
     log_stopping,
@@ -90,6 +91,12 @@ def _rows(results: tune.ResultGrid, runs: dict[str, tuple[str, str]], cfg: Space
                              metrics.get(cfg.search.metric), dict(result.config or {}),
                              result.checkpoint))
     return rank_rows(rows, cfg.search.mode)
+
+
+def _trial_ids(results: tune.ResultGrid) -> set[str]:
+    """The ids of the trials Tune knows (as ``_rows`` reads them)."""
+    return {str((r.metrics or {}).get("trial_id") or Path(r.path).name)
+            for r in (results[i] for i in range(len(results)))}
 
 
 def _say(message: str) -> None:
@@ -144,6 +151,12 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
         if isinstance(scheduler, AgreementASHA) and prior is None:
             # A resumed search runs the scheduler Tune restored, not this one.
             log_stopping(client, parent_id, scheduler.decisions())
+        if prior is not None:
+            lost = drop_lost_trials(client, experiment_id, parent_id, _trial_ids(results))
+            if lost:
+                say(f"resume: {len(lost)} trial(s) started before the stop but unknown to Tune's "
+                    f"last snapshot were sampled anew; their runs are deleted "
+                    f"({', '.join(lost)})")
         close_open_runs(client, experiment_id, parent_id)
         rows = _rows(results, trial_statuses(client, experiment_id, parent_id), cfg)
         best = best_row(rows, cfg.search.mode)

@@ -200,6 +200,24 @@ def close_open_runs(client: MlflowClient, experiment_id: str, parent_id: str) ->
             client.set_terminated(run_id, "KILLED")
 
 
+def drop_lost_trials(client: MlflowClient, experiment_id: str, parent_id: str,
+                     known: set[str]) -> list[str]:
+    """Delete the trial runs of a resumed search that its restored Tune run does not know: the
+    driver died after such a trial started but before Tune's next snapshot, so Tune sampled
+    another trial in its place. Without this the search would count that trial twice. The
+    runs are deleted the MLflow way (restorable); their trial ids are returned."""
+    # Only runs still RUNNING: a lost trial's run was left open when the driver died, while a
+    # trial Tune knows but reports no metrics of (one that failed at once) has been closed.
+    lost = {trial_id: run_id for trial_id, (run_id, status) in
+            trial_statuses(client, experiment_id, parent_id).items()
+            if trial_id not in known and status == Status.RUNNING}
+    for run_id in lost.values():
+        client.set_tag(run_id, STATUS, Status.INTERRUPTED.value)
+        client.set_terminated(run_id, "KILLED")
+        client.delete_run(run_id)
+    return sorted(lost)
+
+
 def log_baseline_run(client: MlflowClient, experiment_id: str, parent_id: str, *, of_run: str,
                      seed: int, teacher: bool, params: Mapping[str, Any],
                      metrics: Mapping[str, Any], error: str | None = None) -> str:

@@ -62,3 +62,31 @@ def test_the_agreement_schedulers_decisions_are_logged_per_rung(tmp_path: Path) 
     assert history("stopping.agreement") == [(2, 0.8)]  # none measured at epoch 1
     assert history("stopping.cutoff") == [(1, 0.41), (2, 0.62)]
     assert history("stopping.within_noise") == [(1, 0.0), (2, 1.0)]
+
+
+def test_a_resumed_search_deletes_the_runs_of_trials_tune_never_recorded(tmp_path: Path) -> None:
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    from kdsearch.track.runs import drop_lost_trials, trial_statuses
+    from kdsearch.track.schema import ROLE, STATUS, TRIAL_ID, Status
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("lost")
+    parent = client.create_run(experiment, tags={ROLE: "search"}).info.run_id
+
+    def trial(trial_id: str, status: Status) -> str:
+        tags = {ROLE: "trial", TRIAL_ID: trial_id, STATUS: status.value,
+                "mlflow.parentRunId": parent}
+        return client.create_run(experiment, tags=tags).info.run_id
+
+    known, failed = trial("a", Status.RUNNING), trial("b", Status.FAILED)
+    lost = trial("c", Status.RUNNING)
+    # "b" failed at once (no metrics, so not among the ids Tune reports): kept.
+    assert drop_lost_trials(client, experiment, parent, known={"a"}) == ["c"]
+    assert set(trial_statuses(client, experiment, parent)) == {"a", "b"}
+    gone = client.get_run(lost)
+    assert gone.info.lifecycle_stage == "deleted" and gone.info.status == "KILLED"
+    assert client.get_run(known).info.lifecycle_stage == "active"
+    assert client.get_run(failed).info.lifecycle_stage == "active"
+    assert len(client.search_runs([experiment], run_view_type=ViewType.ALL)) == 4
