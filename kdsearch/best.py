@@ -243,8 +243,13 @@ def best_space(client: Any, parent: Any, best: Candidate, names: Sequence[str]
         raise BestError(f"neither run {best.run_id} ({TRIAL_SPACE}) nor its search "
                         "(resolved_space.yaml) has a space file to rebuild it from")
     wanted = {*names, *(space.get("search") or {}).get("space", {})}
-    sampled = {n: _typed(n, best.params[n]) for n in SEARCHABLE
-               if n in wanted and n in best.params}
+    missing = [n for n in SEARCHABLE if n in wanted and n not in best.params]
+    if missing:  # exporting would train the student's defaults, not the trial's settings
+        raise BestError(f"run {best.run_id} (trial {best.trial_id}) has no recorded value of "
+                        f"{', '.join(missing)} and no {TRIAL_SPACE}: its sampled settings were "
+                        f"never written (the search's driver was killed); resume that search "
+                        f"({python_command()} -m kdsearch.run SPACE.yaml --resume) to record them")
+    sampled = {n: _typed(n, best.params[n]) for n in SEARCHABLE if n in wanted}
     print(f"note: run {best.run_id} has no {TRIAL_SPACE}; rebuilt from the search's "
           f"resolved_space.yaml and the run's params ({', '.join(sampled)})")
     return final_space(space, sampled)

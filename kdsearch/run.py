@@ -149,6 +149,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nthe search was interrupted; finished trials are recorded in MLflow",
               file=sys.stderr)
         return 130
+    if outcome.publish_failed:
+        failed = "; ".join(outcome.publish_failed)
+        print(f"\nthe trials are recorded, but publishing failed ({failed}); to publish "
+              f"again: {python_command()} -m kdsearch.run {args.space} --resume {outcome.name}",
+              file=sys.stderr)
+        return 1
     return 0 if outcome.best is not None else 1
 
 

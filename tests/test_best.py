@@ -227,3 +227,29 @@ def test_module_entry_point(tmp_path: Path, store: dict[str, str]) -> None:
     assert done.stderr == ""  # MLflow stays quiet
     assert "wrote best.yaml: train the final student with" in done.stdout
     assert (tmp_path / "best.yaml").is_file()
+
+
+def test_a_best_trial_whose_settings_were_never_recorded_is_refused(
+        tmp_path: Path, base_space: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    demo = client.create_experiment("killed", artifact_location=(tmp_path / "a").as_uri())
+    parent = add_search(client, demo, base_space,
+                        {"k_1": ("completed", [0.6], sampled(0.3, 4.0, 0.002, "tiny3d"))}, T0,
+                        trial_spaces=False)
+    # The best trial's run as a driver killed after creating it leaves it: no params, no
+    # space file; its metrics came later from the resumed search's Tune.
+    run = client.create_run(demo, run_name="trial-k_2", start_time=T0 + 9,
+                            tags={PARENT: parent, ROLE: "trial", STATUS: "completed",
+                                  "kdsearch.trial_id": "k_2"}).info.run_id
+    client.log_metric(run, "val_acc", 0.9, step=1)
+    out = tmp_path / "best.yaml"
+    assert main(["--tracking-uri", uri, "--out", str(out), "--experiment", "killed"]) == 2
+    capsys.readouterr()  # MLflow's table-creation chatter
+    assert main(["--tracking-uri", uri, "--out", str(out), "--experiment", "killed"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: run {run} (trial k_2) has no recorded value of alpha, temperature, "
+                   f"lr, backbone, kd_loss and no {TRIAL_SPACE}: its sampled settings were never "
+                   "written (the search's driver was killed); resume that search "
+                   f"({python_command()} -m kdsearch.run SPACE.yaml --resume) to record them"]
+    assert not out.exists()  # never the student's defaults in place of the trial's settings

@@ -14,13 +14,14 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial
 from ray import tune
 
-from kdsearch.config import SpaceConfig
-from kdsearch.data.dataset import load_dataset, prepare_data
+from kdsearch.config import ConfigError, SpaceConfig
+from kdsearch.data.dataset import DatasetSplits, load_dataset, prepare_data
 from kdsearch.search.baseline import kd_baseline
 from kdsearch.search.cluster import init_ray
 from kdsearch.search.progress import Progress
 from kdsearch.search.resume import (
     SearchRecord,
+    discard_record,
     mark_finished,
     new_search_name,
     search_to_resume,
@@ -33,14 +34,15 @@ from kdsearch.search.stopping import AgreementASHA
 from kdsearch.search.teacher_task import teacher_and_cache
 from kdsearch.search.tuner import make_scheduler, make_tuner
 from kdsearch.search.weights import fetch_search_weights
-from kdsearch.storage import join, local_dir, redact
-from kdsearch.text import python_command
+from kdsearch.storage import join, local_dir, redact, tune_storage
+from kdsearch.text import plural, python_command
 from kdsearch.track.callback import MLflowTrials
 from kdsearch.track.publish import publish
 from kdsearch.track.runs import (
     close_open_runs,
     completed_trials,
     drop_lost_trials,
+    drop_open_children,
     fail_parent,
     finish_parent,
     log_stopping,
@@ -76,6 +78,8 @@ class SearchOutcome:
     report: str | None = None  # the HTML report, when the search wrote one
     warnings: list[str] = dataclasses.field(default_factory=list)  # early stops to doubt
     kd_gain: KdGain | None = None  # the best configuration with and without its teacher
+    publish_failed: list[str] = dataclasses.field(default_factory=list)  # retried by --resume
+    name: str = ""  # the search's folder name (what --resume takes)
 
 
 def _rows(results: tune.ResultGrid, runs: dict[str, tuple[str, str]], cfg: SpaceConfig
@@ -105,36 +109,56 @@ def _say(message: str) -> None:
 
 def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
                say: Any = None, resume: str | None = None) -> SearchOutcome:
-    """Run a search; ``resume`` ("latest" or a search's name) continues an unfinished one."""
+    """Run a search; ``resume`` ("latest" or a search's name) continues an unfinished one.
+
+    The search record is written before anything expensive, so a driver killed at any point
+    can be resumed; each stage then keeps or skips what an earlier attempt finished (the
+    teacher resumes from its last epoch, the cache and the index are reused when whole, Tune
+    restores its trials, the KD baseline keeps its finished runs, publishing runs again)."""
     say = say or _say
     start = time.monotonic()
     prior = search_to_resume(cfg, resume) if resume else None
+    as_given = cfg.model_dump(mode="json")  # what --resume compares its space file with
     if prior is None:
         _mention_unfinished(cfg, space_path, say)
-    prepare_data(cfg.data, log=say)
-    fetch_search_weights(cfg, log=say)  # once, here: no trial downloads
-    data = load_dataset(cfg.data, cfg.student.clip, local_dir(cfg.storage, "indexes"), log=say)
-    if (warning := small_val_warning(cfg.search.metric, len(data.val))) is not None:
-        say(f"warning: {warning}")
-    as_given = cfg.model_dump(mode="json")  # what --resume compares its space file with
-    cfg = init_ray(cfg, address, say)
+        record = SearchRecord(new_search_name(cfg), cfg.experiment.name, None, None,
+                              time.time(), False, as_given)
+        write_record(cfg, record)  # from here on, a killed driver leaves a search to resume
+    else:
+        record = prior
+        say(f"resuming search {prior.name} (started {prior.when}"
+            + (f", MLflow run {prior.parent_run_id})" if prior.parent_run_id else ")"))
+    try:
+        data = _prepare(cfg, say)
+        cfg = init_ray(cfg, address, say)
+    except ConfigError:
+        if record.parent_run_id is None:
+            discard_record(cfg, record)  # bad input: nothing half-written
+        raise
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no table-migration chatter
     mlflow.set_tracking_uri(cfg.tracking_uri)
     client = MlflowClient(cfg.tracking_uri)
-    warm = _warm_start(client, cfg, say) if prior is None else []
-    if prior is None:
-        experiment_id, parent_id = start_parent(client, cfg, space_path)
-        record = SearchRecord(new_search_name(cfg), cfg.experiment.name, experiment_id,
-                              parent_id, time.time(), False, as_given)
+    restoring = prior is not None and _tune_saved(cfg, record.name)
+    try:
+        warm = [] if restoring else _warm_start(client, cfg, say)
+    except ConfigError:
+        if record.parent_run_id is None:
+            discard_record(cfg, record)
+        raise
+    if record.parent_run_id is None:
+        experiment_id, parent_id = start_parent(client, cfg, space_path, record.name)
+        record = dataclasses.replace(record, experiment_id=experiment_id,
+                                     parent_run_id=parent_id)
+        write_record(cfg, record)
     else:
-        record = prior
-        experiment_id, parent_id = prior.experiment_id, prior.parent_run_id
+        experiment_id, parent_id = record.experiment_id or "", record.parent_run_id
         reopen_parent(client, parent_id)
-        say(f"resuming search {prior.name} (started {prior.when}, MLflow run {parent_id})")
+        if (dropped := drop_open_children(client, experiment_id, parent_id)):
+            say(f"resume: {plural(dropped, 'run')} a killed driver left half-written "
+                "deleted; written again")
     try:
         teacher, cache = teacher_and_cache(cfg, data, say)
-        if prior is None:  # a resumed search recorded its teacher when it started
-            record_teacher(client, cfg, data, teacher, experiment_id, parent_id)
+        record_teacher(client, cfg, data, teacher, experiment_id, parent_id)
         client.set_tag(parent_id, "kdsearch.cache", redact(cache) if cache else "off")
         ctx = TrialContext(cfg, data.classes, str(teacher.path), data.train, data.val,
                            None if cache is None else str(cache))
@@ -142,14 +166,13 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
                                   redacted_config(cfg)),
                      Progress(cfg.search.metric, cfg.search.mode, cfg.student.epochs,
                               cfg.search.num_samples, start=start)]
-        write_record(cfg, record)
         say(f"search: {cfg.search.num_samples} trials, {cfg.search.max_concurrent} at a time "
             f"({redact(join(searches_root(cfg), record.name))})")
         scheduler = make_scheduler(cfg.search, cfg.student.epochs, len(data.val))
-        results = make_tuner(cfg, ctx, record.name, callbacks, resume=prior is not None,
+        results = make_tuner(cfg, ctx, record.name, callbacks, resume=restoring,
                              warm=warm, scheduler=scheduler).fit()
-        if isinstance(scheduler, AgreementASHA) and prior is None:
-            # A resumed search runs the scheduler Tune restored, not this one.
+        if isinstance(scheduler, AgreementASHA) and not restoring:
+            # A restored search runs the scheduler Tune restored, not this one.
             log_stopping(client, parent_id, scheduler.decisions())
         if prior is not None:
             lost = drop_lost_trials(client, experiment_id, parent_id, _trial_ids(results))
@@ -163,14 +186,16 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
         interrupted = (sum(r.status != Status.INTERRUPTED for r in rows)
                        < cfg.search.num_samples)
         warnings: list[str] = []
+        failed: list[str] = []
         # Before publish: the report states what the teacher added.
         kd = None if interrupted else kd_baseline(client, ctx, best, experiment_id, parent_id,
                                                   say)
         if not interrupted:
-            warnings = publish(client, cfg, data.classes, experiment_id, parent_id, rows, say)
+            warnings, failed = publish(client, cfg, data.classes, experiment_id, parent_id,
+                                       rows, say)
         finish_parent(client, parent_id, cfg, best, interrupted)
-        if not interrupted:
-            mark_finished(cfg, record)
+        if not interrupted and not failed:
+            mark_finished(cfg, record)  # a failed publish step is retried by --resume
     except BaseException as err:
         fail_parent(client, parent_id, isinstance(err, KeyboardInterrupt))
         raise
@@ -178,7 +203,26 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
                        cfg.search.mode)
     report = None if interrupted else report_location(client, parent_id)
     return SearchOutcome(experiment_id, parent_id, rows, best, teacher.metrics,
-                         time.monotonic() - start, interrupted, link, report, warnings, kd)
+                         time.monotonic() - start, interrupted, link, report, warnings, kd,
+                         failed, record.name)
+
+
+def _prepare(cfg: SpaceConfig, say: Any) -> DatasetSplits:
+    """The data (generated, copied, probed and checked) and the published weights."""
+    prepare_data(cfg.data, log=say)
+    fetch_search_weights(cfg, log=say)  # once, here: no trial downloads
+    data = load_dataset(cfg.data, cfg.student.clip, local_dir(cfg.storage, "indexes"), log=say)
+    if (warning := small_val_warning(cfg.search.metric, len(data.val))) is not None:
+        say(f"warning: {warning}")
+    return data
+
+
+def _tune_saved(cfg: SpaceConfig, name: str) -> bool:
+    """Whether Tune saved search ``name``'s experiment state (a driver killed before the
+    trials started leaves none: the resumed search starts its trials afresh)."""
+    storage_path, filesystem = tune_storage(searches_root(cfg))
+    return bool(tune.Tuner.can_restore(f"{storage_path.rstrip('/')}/{name}",
+                                       storage_filesystem=filesystem))
 
 
 def _warm_start(client: MlflowClient, cfg: SpaceConfig, say: Any) -> list[FrozenTrial]:

@@ -1,8 +1,10 @@
 """Which searches exist in ``storage``, which are unfinished, and the one to resume.
 
 Every search writes ``kdsearch_search.json`` into its own Tune experiment folder
-(``<storage>/ray/<experiment>-<time>/``) before its first trial, and marks it finished at
-the end. A search killed on the way (a crashed driver, a lost head node, Ctrl-C) stays
+(``<storage>/ray/<experiment>-<time>-<random>/``) before anything expensive (data
+preparation, the teacher stage, the cache, the trials), adds its MLflow parent run's id once
+the data passed its checks, and marks it finished when everything, publishing included, is
+done. A search killed at any point (a crashed driver, a lost head node, Ctrl-C) stays
 unfinished, and ``python -m kdsearch.run SPACE.yaml --resume`` continues it.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import secrets
 import time
 from typing import Any
 
@@ -25,8 +28,8 @@ RECORD = "kdsearch_search.json"
 class SearchRecord:
     name: str  # the Tune experiment folder's name
     experiment: str
-    experiment_id: str
-    parent_run_id: str
+    experiment_id: str | None  # None until the parent run exists (the data passed its checks)
+    parent_run_id: str | None
     started: float
     finished: bool
     config: dict[str, Any]  # the resolved space file the search started with
@@ -42,12 +45,24 @@ def searches_root(cfg: SpaceConfig) -> str:
 
 
 def new_search_name(cfg: SpaceConfig) -> str:
-    return f"{cfg.experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """Unique: two searches started in the same second never share a folder."""
+    return f"{cfg.experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
 def write_record(cfg: SpaceConfig, record: SearchRecord) -> None:
     text = json.dumps(dataclasses.asdict(record), indent=1)
     storage.write_bytes(storage.join(searches_root(cfg), record.name, RECORD), text.encode())
+
+
+def discard_record(cfg: SpaceConfig, record: SearchRecord) -> None:
+    """Remove a search that stopped on bad input before it recorded anything else: its folder,
+    and the searches folder too when that leaves it empty (nothing half-written)."""
+    root = searches_root(cfg)
+    fs, path = storage.filesystem(storage.join(root, record.name))
+    fs.delete_dir(path)
+    fs, path = storage.filesystem(root)
+    if not storage.is_uri(root) and not fs.get_file_info(pafs.FileSelector(path)):
+        fs.delete_dir(path)
 
 
 def mark_finished(cfg: SpaceConfig, record: SearchRecord) -> None:

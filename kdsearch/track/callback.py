@@ -73,16 +73,26 @@ class MLflowTrials(Callback):
             self.logged[trial.trial_id] = max((m.step for m in history), default=0)
             self.client.update_run(run_id, status="RUNNING")
             self.client.set_tag(run_id, STATUS, Status.RUNNING.value)
+            # A driver killed between creating the run and writing its settings: write them.
+            self._describe(run_id, trial, set(self.client.get_run(run_id).data.params))
             return
         run_id = start_child(self.client, self.experiment_id, self.parent_id,
                              f"trial-{trial.trial_id}",
                              {ROLE: "trial", STATUS: Status.RUNNING.value,
                               TRIAL_ID: trial.trial_id})
         self.runs[trial.trial_id] = run_id
+        self._describe(run_id, trial, set())
+
+    def _describe(self, run_id: str, trial: Any, logged: set[str]) -> None:
+        """The trial's settings as params (those not in ``logged`` yet: params are write-once)
+        and the trial as a space file of its own (`python -m kdsearch.run` trains it
+        again); the space file goes last, so its presence means both are written."""
         settings = searched_values(trial_student(self.cfg.student, trial.config))
         params = {**settings, **fixed_params(self.cfg, self.classes)}
-        log_params(self.client, run_id, params)
-        # This trial as a space file of its own: `python -m kdsearch.run` trains it again.
+        log_params(self.client, run_id, {k: v for k, v in params.items() if k not in logged})
+        if logged >= set(params) and any(
+                a.path == TRIAL_SPACE for a in self.client.list_artifacts(run_id)):
+            return
         self.client.log_text(run_id, yaml.safe_dump(final_space(self.space, trial.config),
                                                     sort_keys=False), TRIAL_SPACE)
 

@@ -32,28 +32,38 @@ from kdsearch.track.report import (
     unsafe_stops,
     write_report,
 )
-from kdsearch.track.schema import Status, TrialRow, best_row, kd_gain_of, trial_runs
+from kdsearch.track.schema import (
+    PUBLISH_ERROR,
+    Status,
+    TrialRow,
+    best_row,
+    kd_gain_of,
+    trial_runs,
+)
 
 MODEL_NAME = "student"  # the logged model's name inside the best trial's run
 
 
 def publish(client: MlflowClient, cfg: SpaceConfig, classes: tuple[str, ...],
             experiment_id: str, parent_id: str, rows: Sequence[TrialRow],
-            say: Callable[[str], None]) -> list[str]:
+            say: Callable[[str], None]) -> tuple[list[str], list[str]]:
     """Report, early-stopping check, top-k checkpoints, registered best student; returns the
-    warnings of the early-stopping check. A step that fails is a warning: the trials'
-    results are already safe in MLflow and in Tune's storage."""
+    warnings of the early-stopping check and the steps that failed. A step that fails is
+    tried again (``RETRY_DELAYS``), then reported: it does not cost the other steps, the
+    trials' results are safe in MLflow and in Tune's storage, and the search stays unfinished
+    so that ``--resume`` publishes again (every step can run twice without recording
+    anything twice)."""
     best = best_row([r for r in rows if r.run_id], cfg.search.mode)
     records: list[TrialRecord] = []
     warnings: list[str] = []
 
     def report() -> None:
-        records.extend(trial_records(client, cfg, experiment_id, parent_id, rows))
+        records[:] = trial_records(client, cfg, experiment_id, parent_id, rows)
         log_report(client, cfg, parent_id, records, classes)
 
     def check_stops() -> None:
         if records:  # read by the report's step
-            warnings.extend(log_agreement(client, cfg, parent_id, records))
+            warnings[:] = log_agreement(client, cfg, parent_id, records)
 
     steps: list[tuple[str, Callable[[], None]]] = [
         ("the trials table and plots", report),
@@ -63,14 +73,39 @@ def publish(client: MlflowClient, cfg: SpaceConfig, classes: tuple[str, ...],
     if best is not None:
         steps.append(("the best student in the Model Registry",
                       lambda: say(register_best(client, cfg, classes, best))))
+    say(f"publishing: {', '.join(what for what, _ in steps)}")
+    failed: list[str] = []
     for what, step in steps:
+        message = _attempt(what, step, say)
+        if message is not None:
+            failed.append(message)
+    if failed:
+        client.set_tag(parent_id, PUBLISH_ERROR, "; ".join(failed)[:5000])
+    elif PUBLISH_ERROR in client.get_run(parent_id).data.tags:
+        client.delete_tag(parent_id, PUBLISH_ERROR)  # an earlier attempt's, now published
+    return warnings, failed
+
+
+#: Seconds between the tries of a publish step that failed (a tracking server restarting,
+#: an object store throttling): three tries in all.
+RETRY_DELAYS = (2.0, 8.0)
+
+
+def _attempt(what: str, step: Callable[[], None], say: Callable[[str], None]) -> str | None:
+    """Run ``step``, trying again after each of ``RETRY_DELAYS``; None when it succeeded,
+    else the last failure as one line."""
+    for delay in (*RETRY_DELAYS, None):
         try:
             step()
+            return None
         except Exception as err:  # noqa: BLE001 - one failed step must not cost the others
             message = f"could not record {what}: {type(err).__name__}: {err}"
-            say(f"warning: {message}")
-            client.set_tag(parent_id, "kdsearch.publish_error", message[:5000])
-    return warnings
+            if delay is None:
+                say(f"warning: {message}")
+                return message
+            say(f"warning: {message}; trying again in {delay:.0f} s")
+            time.sleep(delay)
+    return None
 
 
 def trial_records(client: MlflowClient, cfg: SpaceConfig, experiment_id: str, parent_id: str,

@@ -33,6 +33,7 @@ from kdsearch.track.schema import (
     PARENT,
     RESOLVED_SPACE,
     ROLE,
+    SEARCH_NAME,
     STATUS,
     TRIAL_ID,
     KdGain,
@@ -140,16 +141,27 @@ def redacted_config(cfg: SpaceConfig) -> dict[str, Any]:
     return dict(raw)
 
 
-def start_parent(client: MlflowClient, cfg: SpaceConfig, space_path: Path) -> tuple[str, str]:
-    """The experiment (created on first use) and a new parent run for a search."""
+def start_parent(client: MlflowClient, cfg: SpaceConfig, space_path: Path, search: str
+                 ) -> tuple[str, str]:
+    """The experiment (created on first use) and the parent run of search ``search`` (its
+    folder's name): a new one, or the one an earlier attempt created before it was killed
+    (found by its ``kdsearch.search`` tag), so that a search has one parent run whatever
+    point it was killed at."""
     experiment = client.get_experiment_by_name(cfg.experiment.name)
+    if experiment is not None:
+        found = client.search_runs([experiment.experiment_id],
+                                   f"tags.`{ROLE}` = 'search' and tags.`{SEARCH_NAME}` = "
+                                   f"'{search}'", max_results=1)
+        if found:
+            return experiment.experiment_id, found[0].info.run_id
     # The "Model training" view of the MLflow UI (it shows new experiments as GenAI ones).
     experiment_id = (experiment.experiment_id if experiment
                      else client.create_experiment(
                          cfg.experiment.name, artifact_location=_artifact_root(cfg),
                          tags={"mlflow.experimentKind": "custom_model_development"}))
     run = client.create_run(experiment_id, run_name=f"search-{time.strftime('%Y%m%d-%H%M%S')}",
-                            tags={ROLE: "search", STATUS: Status.RUNNING.value})
+                            tags={ROLE: "search", STATUS: Status.RUNNING.value,
+                                  SEARCH_NAME: search})
     run_id = run.info.run_id
     client.log_artifact(run_id, str(space_path))
     client.log_text(run_id, yaml.safe_dump(redacted_config(cfg), sort_keys=False),
@@ -256,19 +268,41 @@ def log_kd_gain(client: MlflowClient, parent_id: str, gain: KdGain) -> None:
     client.set_tag(parent_id, KD_VERDICT, gain.verdict)
 
 
+def drop_open_children(client: MlflowClient, experiment_id: str, parent_id: str) -> int:
+    """Delete the teacher and KD-baseline runs of a search that a killed driver left RUNNING
+    (each is written whole once its work has ended, so an open one is half-written); a
+    resumed search writes them again. Trial runs are Tune's to resume. Returns how many."""
+    runs = client.search_runs([experiment_id], f"tags.`{PARENT}` = '{parent_id}' and "
+                              "attributes.status = 'RUNNING'", max_results=MAX_RESULTS)
+    dropped = 0
+    for run in runs:
+        if run.data.tags.get(ROLE) in ("teacher", BASELINE_ROLE):
+            client.set_terminated(run.info.run_id, "KILLED")
+            client.delete_run(run.info.run_id)
+            dropped += 1
+    return dropped
+
+
 def record_teacher(client: MlflowClient, cfg: SpaceConfig, data: DatasetSplits,
                    teacher: TeacherResult, experiment_id: str, parent_id: str) -> None:
-    """The data counts on the parent run, and the teacher as a run of its own."""
-    log_data(client, parent_id, data)
+    """The data counts on the parent run, and the teacher as a run of its own; each part
+    skipped when an earlier attempt of the same search (resumed) wrote it already."""
+    parent = client.get_run(parent_id)
+    if "data_train_videos" not in parent.data.metrics:
+        log_data(client, parent_id, data)
+    if client.search_runs([experiment_id], f"tags.`{PARENT}` = '{parent_id}' and "
+                          f"tags.`{ROLE}` = 'teacher'", max_results=1):
+        return  # recorded (a resume drops a half-written one first: drop_open_children)
     teacher_run = start_child(client, experiment_id, parent_id, f"teacher-{cfg.teacher.model}",
                               {ROLE: "teacher", "kdsearch.teacher.reused": str(teacher.reused),
                                "kdsearch.teacher.path": redact(teacher.path)})
     log_params(client, teacher_run, {**cfg.teacher.model_dump(),
                                      **fixed_params(cfg, data.classes)})
     log_evaluation(client, teacher_run, teacher.metrics, data.classes)
-    client.set_terminated(teacher_run)
-    log_metrics(client, parent_id, {f"teacher_{k}": v for k, v in teacher.metrics.items()
-                                    if k.startswith("val")})
+    if not any(k.startswith("teacher_") for k in parent.data.metrics):
+        log_metrics(client, parent_id, {f"teacher_{k}": v for k, v in teacher.metrics.items()
+                                        if k.startswith("val")})
+    client.set_terminated(teacher_run)  # last: a FINISHED teacher run means all is recorded
 
 
 def ui_address(tracking_uri: str) -> str:

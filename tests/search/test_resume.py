@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -41,51 +44,94 @@ def test_resume_without_an_unfinished_search_is_a_clear_error(tmp_path: Path) ->
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_a_killed_driver_resumes_with_one_run_per_trial(tmp_path: Path) -> None:
-    epochs = 6
-    search = {**TINY_SPACE["search"], "num_samples": 4, "scheduler": {"name": "none"}}
-    student = {**TINY_SPACE["student"], "epochs": epochs}
-    path = write_tiny_space(tmp_path, search=search, student=student)
-    db = tmp_path / "mlflow.db"
-    client = MlflowClient(f"sqlite:///{db}")
-    driver = subprocess.Popen([sys.executable, "-m", "kdsearch.run", "space.yaml"], cwd=tmp_path,
-                              env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and driver.poll() is None:
-        time.sleep(1)
-        if _epochs_logged(client, db) >= 3:  # trials are mid-way: some epochs are recorded
-            break
-    assert driver.poll() is None, "the search ended before it could be killed"
-    driver.kill()  # SIGKILL: no cleanup runs, MLflow runs stay RUNNING
-    driver.wait()
-    time.sleep(3)  # let the local Ray that died with the driver go
+#: Where the driver is killed (SIGKILL), in order, each time as soon as it prints a line
+#: matching the pattern: every stage of a search, each resumed by the next run.
+KILL_POINTS = (
+    ("data preparation", r"^generating the synthetic set"),
+    ("teacher stage, after its second epoch", r"^teacher small3d [\w -]+ 2/8: "),
+    ("cache build", r"^cache: teacher small3d at "),
+    ("trials, one of three done", r"trials 1/3 done"),
+    ("publish", r"^publishing: "),
+)
 
+
+def _run_until(folder: Path, pattern: str | None, *args: str) -> str:
+    """``kdsearch.run space.yaml ARGS``; SIGKILLed as soon as a line matches ``pattern`` (None:
+    run to the end, which must succeed). Everything it printed."""
+    driver = subprocess.Popen([sys.executable, "-m", "kdsearch.run", "space.yaml", *args],
+                              cwd=folder, env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, bufsize=1)
+    assert driver.stdout is not None
+    said = []
+    killer = threading.Timer(300, driver.kill)  # a stage that never comes fails, not hangs
+    killer.start()
+    try:
+        for line in driver.stdout:
+            said.append(line)
+            if pattern is not None and re.search(pattern, line):
+                driver.kill()  # SIGKILL: no cleanup runs, MLflow runs stay RUNNING
+                break
+        driver.wait()
+    finally:
+        killer.cancel()
+        driver.stdout.close()
+    text = "".join(said)
+    if pattern is None:
+        assert driver.returncode == 0, text[-4000:]
+    else:
+        assert driver.returncode == -signal.SIGKILL, f"not killed at {pattern!r}:\n{text[-4000:]}"
+        time.sleep(2)  # let the local Ray that died with the driver go
+    return text
+
+
+def test_a_driver_killed_at_every_stage_resumes_to_one_whole_search(tmp_path: Path) -> None:
+    search = {**TINY_SPACE["search"], "num_samples": 3, "scheduler": {"name": "none"}}
+    path = write_tiny_space(tmp_path, search=search,
+                            teacher={**TINY_SPACE["teacher"], "epochs": 8},
+                            student={**TINY_SPACE["student"], "epochs": 3})
     cfg = load_space(path, cwd=tmp_path)
-    (unfinished,) = unfinished_searches(cfg)
-    running = client.search_runs([unfinished.experiment_id], "attributes.status = 'RUNNING'")
-    assert running, "the kill left no run open: nothing to check"
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    said = {}
+    for i, (stage, pattern) in enumerate(KILL_POINTS):
+        said[stage] = _run_until(tmp_path, pattern, *(["--resume"] if i else []))
+        (unfinished,) = unfinished_searches(cfg)  # resumable from every kill point
+    said["end"] = _run_until(tmp_path, None, "--resume")
+    assert f"resuming search {unfinished.name}" in said["end"]
+    # Finished work is not redone: the teacher went on from its last epoch (the kill came
+    # after epoch 2 ended; an epoch or so more may have ended before it), the cache built
+    # once the teacher was whole is reused.
+    after_teacher_kill = said["cache build"]
+    assert re.search(r"^teacher small3d [\w -]+ 8/8: ", after_teacher_kill, re.M), \
+        after_teacher_kill
+    assert not re.search(r"^teacher small3d [\w -]+ [12]/8: ", after_teacher_kill, re.M)
+    assert "cache: built" in said["trials, one of three done"]
+    assert "cache: reusing" in said["publish"] and "cache: reusing" in said["end"]
 
-    resumed = _cli(tmp_path, "--resume")
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert f"resuming search {unfinished.name}" in resumed.stdout
-
-    runs = client.search_runs([unfinished.experiment_id])
-    said = resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert [r for r in runs if r.info.status == "RUNNING"] == [], said
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    everything = "".join(said.values())[-6000:]
+    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == [], everything
     (parent,) = [r for r in runs if r.data.tags.get("kdsearch.role") == "search"]
     assert parent.info.run_id == unfinished.parent_run_id
     assert (parent.info.status, parent.data.tags["kdsearch.status"]) == ("FINISHED",
                                                                          "completed")
-    assert len([r for r in runs if r.data.tags.get("kdsearch.role") == "teacher"]) == 1
+    assert "kdsearch.publish_error" not in parent.data.tags
+    (teacher,) = [r for r in runs if r.data.tags.get("kdsearch.role") == "teacher"]
+    assert teacher.info.status == "FINISHED" and "val_acc" in teacher.data.metrics
     trials = [r for r in runs if r.data.tags.get("kdsearch.role") == "trial"]
-    assert Counter(r.data.tags["kdsearch.trial_id"] for r in trials).most_common(1)[0][1] == 1, said
-    assert len(trials) == 4, said
+    assert len(trials) == 3, everything
+    assert Counter(r.data.tags["kdsearch.trial_id"] for r in trials).most_common(1)[0][1] == 1
     for run in trials:
-        assert run.data.tags["kdsearch.status"] == "completed", (run.data.tags, said)
+        assert run.data.tags["kdsearch.status"] == "completed", (run.data.tags, everything)
+        assert {"alpha", "temperature", "backbone"} <= set(run.data.params)
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
-        assert sorted(steps) == list(range(1, epochs + 1)), (steps, said)  # each epoch once
-    assert unfinished_searches(cfg) == []
+        assert sorted(steps) == [1, 2, 3], (steps, everything)  # each epoch once
+    for key in ("data_train_videos", "teacher_val_acc"):
+        assert len(client.get_metric_history(parent.info.run_id, key)) == 1, key
     assert parent.data.params["best.alpha"]
+    versions = client.search_model_versions("name = 'tiny-student'")
+    assert len(versions) == 1  # registered once, though publish was killed on the way
+    assert unfinished_searches(cfg) == []
 
 
 _NODE_LOSS = """
