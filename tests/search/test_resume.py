@@ -12,11 +12,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from kdsearch.config.load import load_space
 from kdsearch.search.resume import unfinished_searches
 from kdsearch.testing import TINY_SPACE, write_tiny_space
+from kdsearch.text import python_command
 
 
 def _env() -> dict[str, str]:
@@ -235,3 +237,56 @@ def test_a_new_search_names_the_unfinished_one_and_the_command_to_resume_it(
     (note,) = said
     assert note.startswith(f"note: search {record.name} of this experiment")
     assert note.endswith(f"{python_command()} -m kdsearch.run {path} --resume")
+
+
+def test_a_failed_publish_is_retried_then_left_for_resume_to_finish(
+        ray_local: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from kdsearch.run import main
+    from kdsearch.search.driver import run_search
+    from kdsearch.track import publish
+
+    search = {**TINY_SPACE["search"], "num_samples": 2, "scheduler": {"name": "none"}}
+    path = write_tiny_space(tmp_path, search=search,
+                            student={**TINY_SPACE["student"], "epochs": 1})
+    tries, register_best = [], publish.register_best
+
+    def unreachable(*args: object, **kwargs: object) -> str:
+        tries.append(1)
+        raise ConnectionError("the registry did not answer")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(publish, "register_best", unreachable)
+    monkeypatch.setattr(publish, "RETRY_DELAYS", (0.0, 0.0))
+    assert main(["space.yaml"]) == 1
+    assert len(tries) == 3  # tried three times
+    failure = ("could not record the best student in the Model Registry: ConnectionError: the "
+               "registry did not answer")
+    cfg = load_space(path, cwd=tmp_path)
+    (unfinished,) = unfinished_searches(cfg)  # the trials are done, publishing is not
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"the trials are recorded, but publishing failed ({failure}); to publish again: "
+        f"{python_command()} -m kdsearch.run space.yaml --resume {unfinished.name}")
+    client = MlflowClient(cfg.tracking_uri)
+    assert client.get_run(unfinished.parent_run_id).data.tags["kdsearch.publish_error"] == failure
+    assert client.search_registered_models() == []
+
+    monkeypatch.setattr(publish, "register_best", register_best)  # the registry is back
+    again = run_search(cfg, path, say=lambda _: None, resume=unfinished.name)
+    assert (again.parent_run_id, again.publish_failed) == (unfinished.parent_run_id, [])
+    assert unfinished_searches(cfg) == []
+    parent = client.get_run(again.parent_run_id)
+    assert "kdsearch.publish_error" not in parent.data.tags
+    assert len(client.search_model_versions("name = 'tiny-student'")) == 1
+    trials = client.search_runs([again.experiment_id], "tags.`kdsearch.role` = 'trial'")
+    assert len(trials) == 2  # no trial ran again
+    assert all(len(client.get_metric_history(r.info.run_id, "val_acc")) == 1 for r in trials)
+
+
+def test_searches_started_in_the_same_second_get_their_own_folders(tmp_path: Path) -> None:
+    from kdsearch.search.resume import new_search_name
+
+    cfg = load_space(write_tiny_space(tmp_path), cwd=tmp_path)
+    names = {new_search_name(cfg) for _ in range(50)}
+    assert len(names) == 50
+    assert all(re.fullmatch(r"tiny-\d{8}-\d{6}-[0-9a-f]{6}", name) for name in names)
