@@ -18,6 +18,7 @@ from kdsearch.config import (
     SpaceConfig,
     load_space,
 )
+from kdsearch.storage import ArtifactError, DiskFullError
 from kdsearch.text import format_table, plural, python_command
 
 EXIT_BAD_INPUT = 2
@@ -140,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in err.problems:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except (ArtifactError, DiskFullError) as err:  # what to delete, or how much space
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted; finished trials are in MLflow and the Ray results folder",
               file=sys.stderr)

@@ -395,3 +395,86 @@ def test_a_search_in_s3_storage_survives_a_killed_driver(
     assert unfinished_searches(cfg) == []
     fs, root = storage.filesystem(store)
     assert fs.get_file_info(f"{root}/ray/{unfinished.name}/kdsearch_search.json").is_file
+
+
+# --- Committing files (no S3 server needed). ---
+
+
+def test_write_file_commits_a_record_and_leaves_no_temporary(tmp_path: Path) -> None:
+    path = tmp_path / "data.bin"
+    data = os.urandom(storage.SAMPLE_WHOLE + 3 * storage.SAMPLE_BLOCK + 5)
+    record = storage.write_file(path, lambda f: f.write(data))
+    assert path.read_bytes() == data and os.listdir(tmp_path) == ["data.bin"]
+    assert record == storage.file_record(path) and record["size"] == len(data)
+    assert storage.check_file(path, record, full=True) is None
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zeroed", "middle", "missing"])
+def test_check_file_finds_a_damaged_file(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "clips.npy"
+    size = storage.SAMPLE_WHOLE + 40 * storage.SAMPLE_BLOCK
+    record = storage.write_file(path, lambda f: f.write(os.urandom(size)))
+    if damage == "truncated":
+        os.truncate(path, size - 1)
+    elif damage == "zeroed":
+        path.write_bytes(bytes(size))
+    elif damage == "middle":  # a block between the sampled ones: only the full hash sees it
+        with open(path, "r+b") as f:
+            f.seek(size // 2 + storage.SAMPLE_BLOCK // 2 + 100)
+            f.write(bytes(4096))
+    else:
+        path.unlink()
+    problem = storage.check_file(path, record, full=True)
+    assert problem is not None and problem.startswith("clips.npy "), problem
+    if damage in ("truncated", "zeroed", "missing"):  # the cheap check of every open sees these
+        assert storage.check_file(path, record, full=False) is not None
+
+
+def test_a_failed_write_keeps_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    path = tmp_path / "report.json"
+    storage.write_bytes(path, b"old")
+
+    def fail(f: Any) -> None:
+        f.write(b"half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        storage.write_file(path, fail)
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["report.json"]
+
+
+def test_temporary_names_are_unique_per_call(tmp_path: Path) -> None:
+    names = {storage.temp_path(tmp_path / "meta.json").name for _ in range(20)}
+    assert len(names) == 20
+    assert all(n.startswith(f".meta.json.{os.getpid()}.") and n.endswith(".tmp") for n in names)
+
+
+def test_remove_stale_removes_dead_or_older_writers_only(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    pid = int(dead.stdout)
+    stale = [tmp_path / f".KEY.{pid}.tmp", tmp_path / f".KEY.{pid}.ab12cd34.tmp"]
+    stale[0].mkdir()
+    (stale[0] / "train_clips.npy").write_bytes(b"x")
+    stale[1].write_bytes(b"x")
+    alive = tmp_path / f".KEY.{os.getppid()}.00000000.tmp"  # a live writer, newer than the lock
+    alive.mkdir()
+    older = tmp_path / f".KEY.{os.getppid()}.11111111.tmp"  # a live pid, but from before it
+    older.mkdir()
+    os.utime(older, (1, 1))
+    other = tmp_path / f".OTHER.{pid}.tmp"
+    other.mkdir()
+    removed = storage.remove_stale(tmp_path, "KEY", since=alive.stat().st_mtime - 1)
+    assert sorted(removed) == sorted([*stale, older])
+    assert alive.exists() and other.exists() and not any(p.exists() for p in stale)
+
+
+def test_check_free_is_one_line_with_needed_and_free(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    storage.check_free(tmp_path, 1, "cache X")
+    monkeypatch.setattr(storage.shutil, "disk_usage",
+                        lambda _: storage.shutil._ntuple_diskusage(10, 9, 1000))  # type: ignore[attr-defined]
+    with pytest.raises(storage.DiskFullError, match=r"^cache X: needs 5000 bytes \(4\.9 KiB\) "
+                       r"but 1000 \(1000 B\) are free on the disk of ") as err:
+        storage.check_free(tmp_path, 5000, "cache X")
+    assert "\n" not in str(err.value)

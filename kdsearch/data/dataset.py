@@ -211,7 +211,7 @@ def _fingerprint(classes: Sequence[str], train_rows: list[IndexRow], val_rows: l
     """``copy_root``: the node-local copy of a ``data.root`` URI, whose place on disk differs
     between nodes; paths inside it count relative to it."""
     used = {str(r.path.relative_to(copy_root) if copy_root else r.path) for r in (*train, *val)}
-    rows = [(split, r.path, r.label, r.size, r.mtime_ns, r.num_frames)
+    rows = [(split, r.path, r.label, r.size, r.mtime_ns, r.content, r.num_frames)
             for split, part in (("train", train_rows), ("val", val_rows)) for r in part]
     payload = {"classes": list(classes), "used": sorted(used), "rows": rows}
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]

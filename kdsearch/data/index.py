@@ -1,9 +1,14 @@
 """The dataset index: one row per video with what decoding needs and whether it is usable.
 
 Built once per split source and cached beside the data as ``<root>/.kdsearch/<source>.parquet``
-(or under a fallback folder when the root is read-only). A later run stats every file and
-probes only the videos whose size or modification time changed, so an unchanged dataset is
-never decoded twice.
+(or under a fallback folder when the root is read-only). A later run stats every file, hashes
+a few blocks of it (:func:`content_hash`) and probes only the videos whose size, modification
+time or content hash changed, so an unchanged dataset is never decoded twice and a video
+rewritten with its modification time restored is probed again.
+
+The index is committed by :func:`kdsearch.storage.write_file` with Parquet page checksums; an
+index that does not read back whole (truncated, zeroed, another version) counts as absent and
+is built again.
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kdsearch import storage
 from kdsearch.data.frames import FRAME_EXTENSIONS
 from kdsearch.data.layouts import Entry, Listing
 from kdsearch.data.probe import MediaInfo, probe_frames, probe_video
 
-INDEX_VERSION = "1"
+INDEX_VERSION = "2"  # 2: the content hash
 INDEX_DIR = ".kdsearch"
 
 SCHEMA = pa.schema([
@@ -32,8 +38,12 @@ SCHEMA = pa.schema([
     ("size", pa.int64()), ("mtime_ns", pa.int64()), ("num_frames", pa.int32()),
     ("fps", pa.float64()), ("duration", pa.float64()), ("width", pa.int32()),
     ("height", pa.int32()), ("rotation", pa.int16()), ("status", pa.string()),
-    ("reason", pa.string()),
+    ("reason", pa.string()), ("content", pa.string()),
 ])
+#: What :func:`content_hash` reads: the head and tail, and blocks spread between them.
+HEAD_BYTES = 64 << 10
+BLOCK_BYTES = 16 << 10
+BLOCKS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +61,7 @@ class IndexRow:
     rotation: int
     status: str  # "ok", or why the video cannot be used ("empty", "missing", ...)
     reason: str  # one line for people; remarks on usable videos too ("truncated: ...")
+    content: str = ""  # content_hash of the file (of a few frames for a frame folder)
 
 
 Log = Callable[[str], None]
@@ -66,14 +77,19 @@ def index_path(root: Path, source: str, fallback_dir: Path) -> Path:
     return folder / f"{name}.parquet"
 
 
+Stat = tuple[int, int, str]  # size, mtime_ns, content hash
+
+
 def index_split(root: Path, listing: Listing, cache: Path, *, frame_rate: float | None = None,
                 log: Log = print, workers: int | None = None) -> list[IndexRow]:
     """Rows for every entry of ``listing``, reusing ``cache`` for unchanged files."""
     previous = read_index(cache)
-    cached = {(r.path, r.kind, r.size, r.mtime_ns): r for r in previous}
-    stats = [(entry, _stat(root / entry.path, entry.kind)) for entry in listing.entries]
+    cached = {(r.path, r.kind, r.size, r.mtime_ns, r.content): r for r in previous}
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        stats = list(zip(listing.entries, pool.map(
+            lambda e: _stat(root / e.path, e.kind), listing.entries), strict=True))
     rows: dict[int, IndexRow] = {}
-    todo: list[tuple[int, Entry, tuple[int, int]]] = []
+    todo: list[tuple[int, Entry, Stat]] = []
     for i, (entry, stat) in enumerate(stats):
         if stat is None:
             rows[i] = _missing(entry)
@@ -91,7 +107,7 @@ def index_split(root: Path, listing: Listing, cache: Path, *, frame_rate: float 
     return ordered
 
 
-def _probe_all(root: Path, source: str, todo: list[tuple[int, Entry, tuple[int, int]]],
+def _probe_all(root: Path, source: str, todo: list[tuple[int, Entry, Stat]],
                log: Log, workers: int | None) -> dict[int, IndexRow]:
     """Probe in threads: PyAV and Pillow release the GIL while they decode."""
     out: dict[int, IndexRow] = {}
@@ -113,10 +129,10 @@ def _probe(path: Path, kind: str) -> MediaInfo:
     return probe_frames(path) if kind == "frames" else probe_video(path)
 
 
-def _row(entry: Entry, stat: tuple[int, int], info: MediaInfo) -> IndexRow:
+def _row(entry: Entry, stat: Stat, info: MediaInfo) -> IndexRow:
     return IndexRow(entry.path, entry.label, entry.kind, stat[0], stat[1], info.num_frames,
                     info.fps, info.duration, info.width, info.height, info.rotation,
-                    info.status, info.reason)
+                    info.status, info.reason, stat[2])
 
 
 def _missing(entry: Entry) -> IndexRow:
@@ -133,27 +149,58 @@ def _with_frame_rate(row: IndexRow, frame_rate: float | None) -> IndexRow:
     return dataclasses.replace(row, fps=frame_rate, duration=duration)
 
 
-def _stat(path: Path, kind: str) -> tuple[int, int] | None:
-    """(size, mtime_ns); for a frame folder summed and latest over its frames."""
+def _stat(path: Path, kind: str) -> Stat | None:
+    """(size, mtime_ns, content hash); for a frame folder summed and latest over its frames,
+    the hash over the frame names and sizes and a few frames."""
     try:
         if kind == "video":
             st = path.stat()
-            return (st.st_size, st.st_mtime_ns) if path.is_file() else None
+            if not path.is_file():
+                return None
+            return st.st_size, st.st_mtime_ns, content_hash([path])
         size, mtime = 0, path.stat().st_mtime_ns  # adding or removing a frame touches the folder
+        frames = []
         with os.scandir(path) as it:
             for item in it:
                 if Path(item.name).suffix.lower() in FRAME_EXTENSIONS:
                     st = item.stat()
                     size, mtime = size + st.st_size, max(mtime, st.st_mtime_ns)
-        return size, mtime
+                    frames.append((item.name, st.st_size))
+        frames.sort()
+        names = "\n".join(f"{name} {n}" for name, n in frames).encode()
+        sampled = [path / frames[i][0] for i in sorted({0, len(frames) // 2, len(frames) - 1})
+                   ] if frames else []
+        return size, mtime, content_hash(sampled, names)
     except (FileNotFoundError, NotADirectoryError):
         return None
+
+
+def content_hash(paths: list[Path], extra: bytes = b"") -> str:
+    """A cheap BLAKE2b of file content: per file its size, the first and last
+    :data:`HEAD_BYTES` and :data:`BLOCKS` blocks of :data:`BLOCK_BYTES` spread between them
+    (under 200 KiB read per video), so a file rewritten with its size and modification time
+    restored is still noticed, unless only bytes between the sampled blocks changed."""
+    h = hashlib.blake2b(extra, digest_size=16)
+    for path in paths:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            h.update(size.to_bytes(8, "little"))
+            if size <= 2 * HEAD_BYTES + BLOCKS * BLOCK_BYTES:
+                h.update(f.read())
+                continue
+            h.update(f.read(HEAD_BYTES))
+            for i in range(1, BLOCKS + 1):
+                f.seek(i * size // (BLOCKS + 1))
+                h.update(f.read(BLOCK_BYTES))
+            f.seek(size - HEAD_BYTES)
+            h.update(f.read(HEAD_BYTES))
+    return h.hexdigest()
 
 
 def read_index(path: Path) -> list[IndexRow]:
     """The cached rows, or none when the file is absent, unreadable or from another version."""
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(path, page_checksum_verification=True)
     except (OSError, pa.ArrowException):
         return []
     meta = table.schema.metadata or {}
@@ -165,10 +212,10 @@ def read_index(path: Path) -> list[IndexRow]:
 
 
 def write_index(path: Path, rows: list[IndexRow]) -> None:
-    """Write atomically: a reader sees the old index or the new one, never half of one."""
+    """Commit the index (kdsearch.storage.write_file): a reader sees the old index or the new
+    one, never half of one, even after a crash. Page checksums let a read notice damage."""
     table = pa.Table.from_pylist([dataclasses.asdict(r) for r in rows], schema=SCHEMA)
     table = table.replace_schema_metadata({"kdsearch.index_version": INDEX_VERSION})
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    storage.write_file(path, lambda f: pq.write_table(table, f, write_page_checksum=True),
+                       digest=False)

@@ -6,50 +6,62 @@
   "schedule", "settings" (the trial's searchable settings, ``backbone`` among them),
   "classes"}``.
 
-Both are plain tensors and containers, read with ``weights_only=True``: loading one never runs
-code from the file. Writes go to a unique temporary name beside the target and are renamed
-into place, so a reader never sees half a file.
+- An unfinished teacher's last epoch, ``partial/last.pt``: ``{"epoch", "epochs", "model",
+  "optimizer", "schedule", "rng", "loader_rng", "history" (each epoch's metrics)}``, to resume
+  the fine-tuning from (kdsearch.train.teacher).
+
+All are plain tensors and containers, read with ``weights_only=True``: loading one never runs
+code from the file. Writes are committed by :func:`kdsearch.storage.write_file` (a unique
+temporary name, fsync, rename, fsync of the folder), so a reader never sees half a file, even
+after a crash; a teacher's size and checksums go into the ``meta.json`` beside it.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from kdsearch import storage
 from kdsearch.models.normalized import Normalized, build_model
 from kdsearch.storage import copy_to_local
 
 TEACHER_FILE = "teacher.pt"
+TEACHER_META = "meta.json"
 STUDENT_FILE = "student.pt"
+PARTIAL_FILE = "last.pt"
 
 
-def _save(obj: Mapping[str, Any], path: Path) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(dict(obj), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _save(obj: Mapping[str, Any], path: Path, *, digest: bool = False) -> storage.FileRecord:
+    return storage.write_file(Path(path), lambda f: torch.save(dict(obj), f), digest=digest)
 
 
 def save_teacher(path: Path, model: str, classes: Sequence[str],
-                 state_dict: Mapping[str, torch.Tensor]) -> None:
-    _save({"model": model, "classes": list(classes), "state_dict": dict(state_dict)}, path)
+                 state_dict: Mapping[str, torch.Tensor]) -> storage.FileRecord:
+    """Write a fine-tuned teacher; returns its record (size, checksums) for its meta file."""
+    return _save({"model": model, "classes": list(classes), "state_dict": dict(state_dict)},
+                 path, digest=True)
 
 
 def load_teacher(path: str | Path, device: torch.device) -> Normalized:
     """The saved teacher at ``path``, in eval mode on ``device``: a file, or a URI
     (``s3://...``) that is copied to this node's disk once and read from there by every later
-    trial on the node."""
-    saved = torch.load(copy_to_local(path), map_location="cpu", weights_only=True)
+    trial on the node.
+
+    A local teacher with a ``meta.json`` beside it is checked against its record first (size
+    and SHA-256: the whole file is read anyway, and hashing it costs about 0.6 s per GiB): a
+    damaged file raises :class:`kdsearch.storage.ArtifactError`."""
+    local = copy_to_local(path)
+    meta = None if storage.is_uri(path) else storage.read_meta(local.with_name(TEACHER_META))
+    if meta is not None and "files" in meta:
+        problem = storage.check_file(local, meta["files"].get(local.name), full=True)
+        if problem:
+            raise storage.ArtifactError(
+                f"teacher {local}: {problem}; delete {local.parent} and start the search "
+                "again (its teacher stage trains the teacher again)")
+    saved = torch.load(local, map_location="cpu", weights_only=True)
     teacher = build_model(saved["model"], len(saved["classes"]), "none", "teacher")
     teacher.load_state_dict(saved["state_dict"])
     return teacher.to(device).eval()
@@ -79,3 +91,23 @@ def load_student(folder: Path, num_classes: int) -> Normalized:
     student = build_model(state["settings"]["backbone"], num_classes, "none", "student")
     student.load_state_dict(state["student"])
     return student.eval()
+
+
+def save_partial(folder: Path, state: Mapping[str, Any]) -> None:
+    """Write an unfinished teacher's last epoch to ``folder/last.pt`` (replacing the one
+    before)."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    _save(state, Path(folder) / PARTIAL_FILE)
+
+
+def read_partial(folder: Path) -> dict[str, Any] | None:
+    """The state :func:`save_partial` wrote, or None when there is none or it is unreadable
+    (then the fine-tuning starts again from epoch 1)."""
+    path = Path(folder) / PARTIAL_FILE
+    if not path.is_file():
+        return None
+    try:
+        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - whatever a damaged file makes torch raise
+        return None
+    return state if isinstance(state, dict) and "epoch" in state else None

@@ -14,6 +14,7 @@ from ray.util.queue import Empty, Queue
 from kdsearch.config import ConfigError, SpaceConfig
 from kdsearch.data.dataset import DatasetSplits
 from kdsearch.search.cluster import describe_cluster
+from kdsearch.storage import ArtifactError, DiskFullError
 from kdsearch.text import plural
 from kdsearch.train.cache import prepare_cache
 from kdsearch.train.teacher import TeacherResult, prepare_teacher
@@ -46,7 +47,8 @@ def teacher_and_cache(cfg: SpaceConfig, data: DatasetSplits, say: Callable[[str]
         result: tuple[TeacherResult, str | None] = ray.get(ref)
         return result
     except ray.exceptions.RayTaskError as err:
-        if isinstance(err.cause, ConfigError):  # e.g. teacher weights that do not fit
+        # Teacher weights that do not fit, a damaged artifact, a full disk: their one line.
+        if isinstance(err.cause, ConfigError | ArtifactError | DiskFullError):
             raise err.cause from None
         raise
     finally:

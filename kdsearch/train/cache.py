@@ -24,6 +24,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -41,11 +42,12 @@ from kdsearch.models.checkpoints import load_teacher
 from kdsearch.storage import is_uri
 from kdsearch.train.loop import autocast, pick_device, to_channels_last, to_model_input
 
-CACHE_VERSION = 2  # 2: the teacher sees its own clip of each view
+CACHE_VERSION = 3  # 2: the teacher sees its own clip of each view; 3: file records
 META = "meta.json"
 TRAIN_CLIPS = "train_clips.npy"
 VAL_CLIPS = "val_clips.npy"
 LOGITS = "teacher_logits.parquet"
+FILES = (TRAIN_CLIPS, VAL_CLIPS, LOGITS)
 
 Log = Callable[[str], None]
 Batch = tuple[torch.Tensor, ...]
@@ -75,6 +77,10 @@ def prepare_cache(cfg: SpaceConfig, data: DatasetSplits, teacher_path: Path | st
     shares, or a pyarrow filesystem URI (``s3://``, ``gs://``, ...) that the cache is uploaded
     to and each node copies to its local disk once (:func:`local_cache`). With a ``storage``
     URI the default root is that URI's ``cache`` folder.
+
+    A cache is reused only when every file matches the sizes and checksums of its
+    ``meta.json`` (the whole files are hashed here, once per search); any other one is
+    removed and built again.
     """
     key = cache_key(cfg, data, teacher_path)
     root = cfg.teacher.cache_dir or storage.join(cfg.storage, "cache")
@@ -83,8 +89,12 @@ def prepare_cache(cfg: SpaceConfig, data: DatasetSplits, teacher_path: Path | st
     remote = storage.join(root, key)
     filesystem, path = storage.filesystem(remote)
     if filesystem.get_file_info(f"{path}/{META}").type == pafs.FileType.File:
-        log(f"cache: reusing {storage.redact(remote)}")
-        return remote
+        problem = verify(local_cache(remote), full=True)
+        if problem is None:
+            log(f"cache: reusing {storage.redact(remote)}")
+            return remote
+        log(f"cache: {storage.redact(remote)} is damaged ({problem}): building it again")
+        filesystem.delete_dir(path)
     local = _build_locked(storage.node_local_root(), key, cfg, data, teacher_path, log)
     # Object stores have no rename: the metadata file goes last and marks the upload complete.
     for item in sorted(local.iterdir(), key=lambda p: p.name == META):
@@ -106,23 +116,56 @@ def local_cache(location: str, local_root: Path | None = None) -> Path:
 
 def _build_locked(root: Path, key: str, cfg: SpaceConfig, data: DatasetSplits,
                   teacher_path: Path | str, log: Log) -> Path:
-    """Reuse ``root/key`` when complete, else build it there: atomically, by one process
-    while any other waits on the lock."""
+    """Reuse ``root/key`` when whole, else build it there: atomically, by one process while
+    any other waits on the lock. Under the lock, the temporary folders of dead builders are
+    removed first and a damaged or incomplete folder is removed before the build."""
     folder = root / key
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
-        if (folder / META).is_file():
-            log(f"cache: reusing {folder}")
-            return folder
-        tmp = folder.with_name(f".{key}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in storage.remove_stale(root, key, time.time()):
+            log(f"cache: removed {stale.name}, left by a build that did not finish")
+        if folder.exists():
+            problem = verify(folder, full=True)
+            if problem is None:
+                log(f"cache: reusing {folder}")
+                return folder
+            log(f"cache: {folder} is damaged ({problem}): building it again")
+            shutil.rmtree(folder)
+        needed = _needed_bytes(cfg, data)
+        storage.check_free(root, needed, f"cache {folder}")
+        tmp = storage.temp_path(folder)
         tmp.mkdir()
         try:
-            _build(cfg, data, teacher_path, tmp, log)
-            os.replace(tmp, folder)  # a reader sees a whole cache or none
+            with storage.full_disk_as_error(
+                    f"cache {folder}", f" (the cache needs {needed} bytes): free space on "
+                    f"{root}, or set teacher.cache_dir to a disk with room"):
+                _build(cfg, data, teacher_path, tmp, log)
+                os.replace(tmp, folder)  # a reader sees a whole cache or none
+            storage.fsync_dir(root)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def _needed_bytes(cfg: SpaceConfig, data: DatasetSplits) -> int:
+    """The cache's size: every clip's bytes, the logits, and 1 MiB for headers and meta."""
+    clip = cfg.student.clip
+    clip_bytes = 3 * clip.num_frames * clip.crop_size ** 2
+    train = len(data.train) * cfg.teacher.cache_views
+    val = len(data.val) * cfg.student.val_clips_per_video
+    return (train + val) * clip_bytes + train * len(data.classes) * 4 + (1 << 20)
+
+
+def verify(folder: Path, *, full: bool = False) -> str | None:
+    """What is wrong with the cache in ``folder`` (None when whole): ``meta.json`` readable and
+    of this version, every file of the size (and checksum) it records: sampled blocks always,
+    the SHA-256 of the whole file too when ``full``."""
+    meta = storage.read_meta(folder / META)
+    if meta is None:
+        return f"{META} is missing or unreadable"
+    if meta.get("version") != CACHE_VERSION:
+        return f"{META} is of version {meta.get('version')}, not {CACHE_VERSION}"
+    return storage.check_files(folder, meta.get("files"), FILES, full=full)
 
 
 class _Views(Dataset[tuple[torch.Tensor, int, torch.Tensor]]):
@@ -159,25 +202,28 @@ def _build(cfg: SpaceConfig, data: DatasetSplits, teacher_path: Path | str, fold
         f"{cfg.student.clip.crop_size} px (stride {cfg.student.clip.stride})")
     log(f"cache: {len(data.train)} training videos x {views.views} views and "
         f"{len(data.val)} validation videos x {cfg.student.val_clips_per_video} clips")
-    logits = _write_clips(folder / TRAIN_CLIPS, views, cfg, log, teacher, device)
+    files: dict[str, storage.FileRecord] = {}
+    files[TRAIN_CLIPS], logits = _write_clips(folder / TRAIN_CLIPS, views, cfg, log, teacher,
+                                              device)
     assert logits is not None
     video, view = np.divmod(np.arange(len(views)), views.views)
     table = pa.table({"video": pa.array(video, pa.int32()), "view": pa.array(view, pa.int16()),
                       "logits": pa.FixedSizeListArray.from_arrays(
                           pa.array(logits.reshape(-1)), logits.shape[1])})
-    pq.write_table(table, folder / LOGITS)
+    files[LOGITS] = storage.write_file(folder / LOGITS, lambda f: pq.write_table(table, f))
     clip = cfg.student.clip
     val = VideoClipDataset(data.val, num_frames=clip.num_frames, stride=clip.stride,
                            crop_size=clip.crop_size, train=False,
                            clips_per_video=cfg.student.val_clips_per_video, uint8=True)
-    _write_clips(folder / VAL_CLIPS, _Indexed(val), cfg, log)
-    meta = {"version": CACHE_VERSION, "views": views.views, "classes": list(data.classes),
+    files[VAL_CLIPS], _ = _write_clips(folder / VAL_CLIPS, _Indexed(val), cfg, log)
+    meta = {"version": CACHE_VERSION, "files": files, "views": views.views,
+            "classes": list(data.classes),
             "train_labels": [r.label for r in data.train],
             "val_clips_per_video": cfg.student.val_clips_per_video,
             "val_labels": [r.label for r in data.val], "teacher": storage.redact(teacher_path),
             "teacher_clip": shape.model_dump(),
             "seconds": time.monotonic() - start}
-    (folder / META).write_text(json.dumps(meta))
+    storage.write_meta(folder / META, meta)  # last: the cache is complete
     log(f"cache: built in {time.monotonic() - start:.0f}s")
 
 
@@ -193,33 +239,46 @@ class _Indexed(Dataset[tuple[torch.Tensor, int]]):
 
 
 def _write_clips(path: Path, dataset: Dataset, cfg: SpaceConfig, log: Log,
-                 teacher: torch.nn.Module | None = None,
-                 device: torch.device | None = None) -> np.ndarray | None:
-    """Decode ``dataset`` into a uint8 ``.npy`` at ``path``; with a teacher, also its logits."""
+                 teacher: torch.nn.Module | None = None, device: torch.device | None = None
+                 ) -> tuple[storage.FileRecord, np.ndarray | None]:
+    """Decode ``dataset`` into a uint8 ``.npy`` at ``path`` (its record); with a teacher,
+    also its logits.
+
+    Written with ordinary writes, in order, never through a writable memory map: a full
+    disk is then an ENOSPC error, not a SIGBUS that kills the process."""
     n = len(dataset)  # type: ignore[arg-type]
     clip = cfg.student.clip
     shape = (n, 3, clip.num_frames, clip.crop_size, clip.crop_size)
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
     batch_size = cfg.teacher.batch_size
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=cfg.data.num_workers)
     logits: np.ndarray | None = None
-    last = time.monotonic()
-    for done, (clips, items, *teacher_clips) in enumerate(loader, 1):
-        out[items.numpy()] = clips.numpy()
-        if teacher is not None:
-            assert device is not None
-            with torch.no_grad(), autocast(device, cfg.student.bf16):
-                inputs = to_model_input(teacher_clips[0], device, cfg.student.channels_last)
-                batch = teacher(inputs).float().cpu().numpy()
-            if logits is None:
-                logits = np.zeros((n, batch.shape[1]), dtype=np.float32)
-            logits[items.numpy()] = batch
-        if time.monotonic() - last > 10:
-            last = time.monotonic()
-            log(f"cache: {path.stem}: {min(done * batch_size, n)}/{n} clips")
-    out.flush()
-    del out
-    return logits
+
+    def write(f: Any) -> None:
+        nonlocal logits
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+                  "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(f, header)
+        last, written = time.monotonic(), 0
+        for done, (clips, items, *teacher_clips) in enumerate(loader, 1):
+            # The loader keeps the dataset's order: the items are the next rows of the file.
+            assert items[0] == written and len(items) == len(clips), "out-of-order clips"
+            f.write(np.ascontiguousarray(clips.numpy(), dtype=np.uint8).tobytes())
+            written += len(items)
+            if teacher is not None:
+                assert device is not None
+                with torch.no_grad(), autocast(device, cfg.student.bf16):
+                    inputs = to_model_input(teacher_clips[0], device, cfg.student.channels_last)
+                    batch = teacher(inputs).float().cpu().numpy()
+                if logits is None:
+                    logits = np.zeros((n, batch.shape[1]), dtype=np.float32)
+                logits[items.numpy()] = batch
+            if time.monotonic() - last > 10:
+                last = time.monotonic()
+                log(f"cache: {path.stem}: {min(done * batch_size, n)}/{n} clips")
+        assert written == n, f"{written} of {n} clips decoded"
+
+    record = storage.write_file(path, write)
+    return record, logits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,8 +293,19 @@ class ClipCache:
 
     @classmethod
     def open(cls, location: str | Path) -> ClipCache:
-        """Open a cache folder, or a cache URI (copied to this node's disk first)."""
+        """Open a cache folder, or a cache URI (copied to this node's disk first).
+
+        Every open checks the sizes and sampled checksums of the files (a few MiB read, a few
+        ms; the teacher stage hashed them whole before the trials): a damaged cache raises
+        :class:`kdsearch.storage.ArtifactError` naming the file and what to delete, never
+        trains on garbage."""
         folder = local_cache(str(location))
+        problem = verify(folder)
+        if problem is not None:
+            where = "" if folder == Path(location) else f" (a copy of {storage.redact(location)})"
+            raise storage.ArtifactError(
+                f"cache {folder}{where}: {problem}; delete {folder} and start the search again "
+                "(its teacher stage rebuilds the cache)")
         meta = json.loads((folder / META).read_text())
         return cls(folder, meta["views"], np.asarray(meta["train_labels"], dtype=np.int64),
                    np.asarray(meta["val_labels"], dtype=np.int64), meta["val_clips_per_video"])

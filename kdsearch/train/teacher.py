@@ -3,10 +3,16 @@
 The teacher trains and is evaluated on its own clip (``teacher.clip``: by default the model's
 native input from the registry), not the student's. A fine-tuned teacher is saved under
 ``<storage>/teachers/<key>/`` where the key covers the teacher settings, its clip and the
-training data (paths, sizes, modification times);
-a later search with the same key reuses it instead of training again. ``storage`` may be a
+training data (paths, sizes, modification times, content hashes);
+a later search with the same key reuses it instead of training again, after checking it
+against the size and checksums its ``meta.json`` records. ``storage`` may be a
 URI (``s3://...``): the teacher is then uploaded there, and each node that loads it copies
 it to local disk once (``kdsearch.models.checkpoints.load_teacher``).
+
+One process per key trains (a file lock; for a URI, a lock on this node's disk). The
+fine-tuning saves each epoch to ``partial/`` beside the teacher (on this node's disk for a
+URI) and a later call with the same key resumes after the last saved epoch; the partial
+state is removed once the teacher is committed. See docs/artifacts.md.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,12 +28,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 
 from kdsearch import storage
 from kdsearch.config import ConfigError, SpaceConfig, Teacher, teacher_clip
 from kdsearch.data.dataset import DatasetSplits, load_dataset, make_loaders, prepare_data
 from kdsearch.models import WeightsError, build_model, get_head
-from kdsearch.models.checkpoints import TEACHER_FILE, save_teacher
+from kdsearch.models.checkpoints import (
+    PARTIAL_FILE,
+    TEACHER_FILE,
+    TEACHER_META,
+    read_partial,
+    save_partial,
+    save_teacher,
+)
 from kdsearch.storage import is_uri
 from kdsearch.train.loop import (
     evaluate,
@@ -37,7 +51,9 @@ from kdsearch.train.loop import (
     train_epochs,
 )
 
-META_FILE = "meta.json"
+META_FILE = TEACHER_META
+PARTIAL_DIR = "partial"
+Log = Callable[[str], None]
 PRETRAINED_FILE = "backbone.pt"
 
 
@@ -62,65 +78,123 @@ def teacher_key(cfg: SpaceConfig, data: DatasetSplits, source: DatasetSplits | N
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def prepare_teacher(cfg: SpaceConfig, data: DatasetSplits, log: Callable[[str], None] = print
+def prepare_teacher(cfg: SpaceConfig, data: DatasetSplits, log: Log = print
                     ) -> TeacherResult:
-    """Reuse the saved teacher for these settings and data, or fine-tune and save one."""
+    """Reuse the saved teacher for these settings and data, or fine-tune and save one (one
+    process per key at a time; the others wait on the lock, then reuse it)."""
     source = _source(cfg, log)
     key = teacher_key(cfg, data, source)
-    if is_uri(cfg.storage):
-        return _prepare_remote(cfg, data, source, key, log)
+    with FileLock(str(storage.lock_path(cfg.storage, "teachers", key))):
+        since = time.time()
+        if is_uri(cfg.storage):
+            return _prepare_remote(cfg, data, source, key, log, since)
+        return _prepare_local(cfg, data, source, key, log, since)
+
+
+def _prepare_local(cfg: SpaceConfig, data: DatasetSplits, source: DatasetSplits | None,
+                   key: str, log: Log, since: float) -> TeacherResult:
     folder = Path(cfg.storage) / "teachers" / key
-    if (folder / META_FILE).is_file() and (folder / TEACHER_FILE).is_file():
-        meta = json.loads((folder / META_FILE).read_text())
+    teacher, meta_path = folder / TEACHER_FILE, folder / META_FILE
+    for name in (TEACHER_FILE, META_FILE):
+        storage.remove_stale(folder, name, since)
+    storage.remove_stale(folder / PARTIAL_DIR, PARTIAL_FILE, since)
+    meta = storage.read_meta(meta_path)
+    problem = _check(teacher, meta)
+    if problem is None:
+        assert meta is not None
         log(f"teacher {cfg.teacher.model}: reusing {folder} "
             f"(val_acc {meta['metrics']['val_acc']:.3f})")
-        return TeacherResult(folder / TEACHER_FILE, meta["metrics"], True, key, 0.0)
+        return TeacherResult(teacher, meta["metrics"], True, key, 0.0)
+    if meta_path.exists() or teacher.exists():
+        log(f"teacher {cfg.teacher.model}: {folder} is damaged ({problem}): training it again")
+        meta_path.unlink(missing_ok=True)  # first: without it the teacher counts as absent
+        teacher.unlink(missing_ok=True)
     start = time.monotonic()
-    metrics, state = _finetune(cfg, data, source, log)
+    partial = folder / PARTIAL_DIR
+    metrics, state = _finetune(cfg, data, source, log, partial)
     seconds = time.monotonic() - start
     folder.mkdir(parents=True, exist_ok=True)
-    # Written atomically: a half-written teacher is never reused.
-    save_teacher(folder / TEACHER_FILE, cfg.teacher.model, data.classes, state)
-    meta = {"model": cfg.teacher.model, "metrics": metrics, "seconds": seconds,
-            "teacher": cfg.teacher.model_dump(), "classes": list(data.classes)}
-    (folder / f".{META_FILE}.tmp").write_text(json.dumps(meta, indent=2))
-    os.replace(folder / f".{META_FILE}.tmp", folder / META_FILE)
-    return TeacherResult(folder / TEACHER_FILE, metrics, False, key, seconds)
+    record = save_teacher(teacher, cfg.teacher.model, data.classes, state)
+    storage.write_meta(meta_path, _meta(cfg, data, metrics, seconds, record))  # last
+    shutil.rmtree(partial, ignore_errors=True)
+    return TeacherResult(teacher, metrics, False, key, seconds)
+
+
+def _check(teacher: Path, meta: dict[str, Any] | None) -> str | None:
+    """What is wrong with a saved teacher (None when whole): the meta file readable, the
+    teacher file of the size and checksums it records (hashed whole: once per search)."""
+    if meta is None:
+        return f"{META_FILE} is missing or unreadable"
+    if not isinstance(meta.get("metrics"), dict) or "val_acc" not in meta["metrics"]:
+        return f"{META_FILE} has no metrics"
+    return storage.check_files(teacher.parent, meta.get("files"), (TEACHER_FILE,), full=True)
+
+
+def _meta(cfg: SpaceConfig, data: DatasetSplits, metrics: dict[str, Any], seconds: float,
+          record: storage.FileRecord) -> dict[str, Any]:
+    return {"model": cfg.teacher.model, "metrics": metrics, "seconds": seconds,
+            "teacher": cfg.teacher.model_dump(), "classes": list(data.classes),
+            "files": {TEACHER_FILE: record}}
 
 
 def _prepare_remote(cfg: SpaceConfig, data: DatasetSplits, source: DatasetSplits | None,
-                    key: str, log: Callable[[str], None]) -> TeacherResult:
+                    key: str, log: Log, since: float) -> TeacherResult:
     """:func:`prepare_teacher` for a storage URI: the teacher file is uploaded first and the
-    metadata file last, so a present ``meta.json`` means a complete teacher."""
+    metadata file last, so a present ``meta.json`` means a complete teacher; a reused one is
+    checked on this node's copy. The partial state lives on this node's disk."""
     folder = storage.join(cfg.storage, "teachers", key)
     teacher_uri, meta_uri = storage.join(folder, TEACHER_FILE), storage.join(folder, META_FILE)
-    if storage.exists(meta_uri) and storage.exists(teacher_uri):
-        meta = json.loads(storage.read_bytes(meta_uri))
-        log(f"teacher {cfg.teacher.model}: reusing {storage.redact(folder)} "
-            f"(val_acc {meta['metrics']['val_acc']:.3f})")
-        return TeacherResult(teacher_uri, meta["metrics"], True, key, 0.0)
+    if storage.exists(meta_uri):
+        problem = _check_remote(teacher_uri, meta_uri)
+        if problem is None:
+            meta = json.loads(storage.read_bytes(meta_uri))
+            log(f"teacher {cfg.teacher.model}: reusing {storage.redact(folder)} "
+                f"(val_acc {meta['metrics']['val_acc']:.3f})")
+            return TeacherResult(teacher_uri, meta["metrics"], True, key, 0.0)
+        log(f"teacher {cfg.teacher.model}: {storage.redact(folder)} is damaged ({problem}): "
+            "training it again")
+        filesystem, path = storage.filesystem(meta_uri)
+        filesystem.delete_file(path)
+    partial = storage.local_dir(cfg.storage, "teachers", key, PARTIAL_DIR)
+    storage.remove_stale(partial, PARTIAL_FILE, since)
     start = time.monotonic()
-    metrics, state = _finetune(cfg, data, source, log)
+    metrics, state = _finetune(cfg, data, source, log, partial)
     seconds = time.monotonic() - start
     with tempfile.TemporaryDirectory(prefix="kdsearch-teacher-") as tmp:
         local = Path(tmp) / TEACHER_FILE
-        save_teacher(local, cfg.teacher.model, data.classes, state)
+        record = save_teacher(local, cfg.teacher.model, data.classes, state)
         storage.upload(local, teacher_uri)
-    meta = {"model": cfg.teacher.model, "metrics": metrics, "seconds": seconds,
-            "teacher": cfg.teacher.model_dump(), "classes": list(data.classes)}
-    storage.write_bytes(meta_uri, json.dumps(meta, indent=2).encode())
+    storage.write_bytes(meta_uri, json.dumps(_meta(cfg, data, metrics, seconds, record),
+                                             indent=2).encode())
+    shutil.rmtree(partial, ignore_errors=True)
     log(f"teacher {cfg.teacher.model}: saved to {storage.redact(folder)}")
     return TeacherResult(teacher_uri, metrics, False, key, seconds)
 
 
-def _finetune(cfg: SpaceConfig, data: DatasetSplits, source: DatasetSplits | None,
-              log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def _check_remote(teacher_uri: str, meta_uri: str) -> str | None:
+    try:
+        meta = json.loads(storage.read_bytes(meta_uri))
+    except (OSError, ValueError):
+        return f"{META_FILE} is unreadable"
+    try:
+        size, _ = storage.stat(teacher_uri)
+    except FileNotFoundError:
+        return f"{TEACHER_FILE} is missing"
+    record = (meta.get("files") or {}).get(TEACHER_FILE) if isinstance(meta, dict) else None
+    if not isinstance(record, dict) or record.get("size") != size:
+        return f"{TEACHER_FILE} is {size} bytes, not what {META_FILE} records"
+    return _check(storage.copy_to_local(teacher_uri), meta)
+
+
+def _finetune(cfg: SpaceConfig, data: DatasetSplits, source: DatasetSplits | None, log: Log,
+              partial: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The teacher fine-tuned on ``data``: from ``teacher.weights``, or from the backbone it
-    got on the ``source`` set first (``teacher.pretrain``)."""
+    got on the ``source`` set first (``teacher.pretrain``); each epoch saved to ``partial``
+    and resumed from there."""
     if source is None:
-        return _train(cfg, cfg.teacher, data, log)
+        return _train(cfg, cfg.teacher, data, log, partial=partial)
     return _train(cfg, cfg.teacher.model_copy(update={"weights": _pretrained(cfg, source, log)}),
-                  data, log)
+                  data, log, partial=partial)
 
 
 def _source(cfg: SpaceConfig, log: Callable[[str], None]) -> DatasetSplits | None:
@@ -158,14 +232,15 @@ def _pretrained(cfg: SpaceConfig, source: DatasetSplits, log: Callable[[str], No
     # backbone checkpoint and gives the model a new head for the target classes.
     backbone = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(backbone, tmp)
-    os.replace(tmp, path)  # a half-written backbone is never reused
+    # Committed whole: a half-written backbone is never reused.
+    storage.write_file(path, lambda f: torch.save(backbone, f), digest=False)
     return str(path)
 
 
-def _train(cfg: SpaceConfig, t: Teacher, data: DatasetSplits, log: Callable[[str], None],
-           what: str = "epoch") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def _train(cfg: SpaceConfig, t: Teacher, data: DatasetSplits, log: Log, what: str = "epoch",
+           partial: Path | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Train ``t`` on ``data``; with ``partial``, save each epoch there and start after the
+    epoch saved there, if any (model, optimizer, schedule, RNG states, metrics so far)."""
     torch.manual_seed(cfg.search.seed)
     torch.set_num_threads(cfg.resources.teacher_cpus)
     device = pick_device(cfg.resources.gpus_per_trial)
@@ -184,18 +259,49 @@ def _train(cfg: SpaceConfig, t: Teacher, data: DatasetSplits, log: Callable[[str
     train_loader, val_loader = make_loaders(
         data.train, data.val, teacher_clip(cfg), t.batch_size, seed=cfg.search.seed,
         val_clips_per_video=cfg.student.val_clips_per_video, num_workers=cfg.data.num_workers)
+    history: list[dict[str, Any]] = []
+    start = _resume(partial, t, model, optimizer, schedule, train_loader.generator, history,
+                    log)
     clock = [time.monotonic()]
 
     def done(epoch: int, lr: float, metrics: dict[str, Any]) -> None:
         log(f"teacher {t.model} {what} {epoch}/{t.epochs}: train_loss "
             f"{metrics['train_loss']:.3f} val_acc {metrics['val_acc']:.3f} "
             f"({time.monotonic() - clock[0]:.0f}s)")
+        history.append(metrics)
+        if partial is not None:
+            save_partial(partial, {
+                "epoch": epoch, "epochs": t.epochs, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "rng": torch.get_rng_state(), "loader_rng": train_loader.generator.get_state(),
+                "history": history})
         clock[0] = time.monotonic()
 
     metrics = train_epochs(model, optimizer, schedule, train_batches=lambda epoch: train_loader,
                            val_batches=val_loader, device=device, classes=data.classes,
-                           epochs=t.epochs, on_epoch=done, bf16=cfg.student.bf16,
+                           epochs=t.epochs, start=start, on_epoch=done, bf16=cfg.student.bf16,
                            channels_last=cfg.student.channels_last)
+    if not metrics and history:  # resumed after the last epoch: its metrics were saved
+        metrics = history[-1]
     if not metrics:
         metrics = evaluate(model, val_loader, device, data.classes, **speed)
     return metrics, {k: v.cpu() for k, v in model.state_dict().items()}
+
+
+def _resume(partial: Path | None, t: Teacher, model: torch.nn.Module,
+            optimizer: torch.optim.Optimizer, schedule: Any, generator: torch.Generator | None,
+            history: list[dict[str, Any]], log: Log) -> int:
+    """Load the state saved in ``partial`` into the training objects; the epoch to start
+    after (0 when there is nothing to resume)."""
+    saved = read_partial(partial) if partial is not None else None
+    if saved is None or saved.get("epochs") != t.epochs or not 0 < saved["epoch"] <= t.epochs:
+        return 0
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    schedule.load_state_dict(saved["schedule"])
+    torch.set_rng_state(saved["rng"])
+    if generator is not None:
+        generator.set_state(saved["loader_rng"])
+    history.extend(saved["history"])
+    log(f"teacher {t.model}: resuming after epoch {saved['epoch']}/{t.epochs} ({partial})")
+    return int(saved["epoch"])

@@ -97,3 +97,73 @@ def test_an_index_from_another_version_is_ignored(tmp_path: Path) -> None:
     (tmp_path / "junk.parquet").write_bytes(b"not parquet")
     assert read_index(tmp_path / "junk.parquet") == []
 
+
+
+def test_a_video_changed_with_its_mtime_restored_is_probed_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = video_set(tmp_path / "d", per_class=2)
+    path = root / ".kdsearch" / "train.parquet"
+    listing = list_split(root, "video_folder", "train")
+    before = index_split(root, listing, path, log=lambda _: None)
+    video = root / "train" / "run" / "run1.mp4"
+    st = video.stat()
+    # Rewritten in place, same size, its modification time put back.
+    data = bytearray(video.read_bytes())
+    data[-64:] = bytes(b ^ 0xFF for b in data[-64:])
+    video.write_bytes(bytes(data))
+    os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (video.stat().st_size, video.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    probed: list[str] = []
+    real = index_module.probe_video
+    monkeypatch.setattr(index_module, "probe_video",
+                        lambda p: probed.append(Path(p).name) or real(p))
+    after = index_split(root, listing, path, log=lambda _: None)
+    assert probed == ["run1.mp4"]
+    old, new = ({r.path: r for r in rows}["train/run/run1.mp4"] for rows in (before, after))
+    assert (old.size, old.mtime_ns) == (new.size, new.mtime_ns) and old.content != new.content
+
+
+def test_the_dataset_fingerprint_follows_the_content(tmp_path: Path) -> None:
+    from kdsearch.config import Clip, Data
+    from kdsearch.data.dataset import load_dataset
+
+    root = video_set(tmp_path / "d", per_class=2)
+    data = Data(format="video_folder", root=str(root))
+    clip = Clip(num_frames=4, stride=1, crop_size=32)
+
+    def fingerprint() -> str:
+        return load_dataset(data, clip, tmp_path / "fb", log=lambda _: None).fingerprint
+
+    first = fingerprint()
+    video = root / "train" / "run" / "run1.mp4"
+    st = video.stat()
+    content = bytearray(video.read_bytes())
+    content[-10:] = bytes(10)  # the tail of the file, size and mtime kept
+    video.write_bytes(bytes(content))
+    os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert fingerprint() != first
+
+
+@pytest.mark.parametrize("how", ["truncated", "zeroed", "middle", "missing"])
+def test_a_damaged_index_is_built_again(tmp_path: Path, how: str) -> None:
+    root = video_set(tmp_path / "d", per_class=2)
+    listing = list_split(root, "video_folder", "train")
+    path = root / ".kdsearch" / "train.parquet"
+    rows = index_split(root, listing, path, log=lambda _: None)
+    size = path.stat().st_size
+    if how == "truncated":
+        os.truncate(path, size - 20)
+    elif how == "zeroed":
+        path.write_bytes(bytes(size))
+    elif how == "middle":  # the column pages in the middle of the file
+        with open(path, "r+b") as f:
+            f.seek(size // 3)
+            f.write(bytes(size // 6))
+    else:
+        path.unlink()
+    assert read_index(path) == []
+    said: list[str] = []
+    assert index_split(root, listing, path, log=said.append) == rows
+    assert said[0] == "indexing train: probing 4 videos"
+    assert read_index(path) == rows
+    assert sorted(p.name for p in path.parent.iterdir()) == ["train.parquet"]

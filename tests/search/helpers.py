@@ -37,7 +37,7 @@ def tune_run(search: Search, tmp_path: Path, scheduler: Any = None, num_samples:
     searcher = make_searcher(search, MAX_T, warm or [])
     tuner = tune.Tuner(objective, tune_config=tune.TuneConfig(
         metric="val_acc", mode="max", search_alg=searcher, scheduler=scheduler,
-        num_samples=num_samples, max_concurrent_trials=2),
+        num_samples=num_samples, max_concurrent_trials=2, reuse_actors=True),
         run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0))
     return tuner.fit(), searcher
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +15,19 @@ import numpy as np
 import pytest
 import torch
 
+from kdsearch import storage
 from kdsearch.config import SpaceConfig
 from kdsearch.config.load import load_space
 from kdsearch.data.dataset import DatasetSplits, load_dataset, prepare_data
 from kdsearch.models import build_model
 from kdsearch.models.checkpoints import load_teacher
+from kdsearch.storage import ArtifactError, DiskFullError
 from kdsearch.testing import write_tiny_space
 from kdsearch.train.cache import (
+    LOGITS,
     META,
+    TRAIN_CLIPS,
+    VAL_CLIPS,
     CachedTrainBatches,
     CachedValBatches,
     ClipCache,
@@ -225,3 +233,139 @@ def test_a_cache_in_a_filesystem_uri_is_uploaded_once_and_copied_to_each_node(
     mtime = (cache.folder / META).stat().st_mtime_ns
     assert ClipCache.open(location).folder == cache.folder
     assert (cache.folder / META).stat().st_mtime_ns == mtime
+
+
+# --- Damaged caches, dead builders, full disks. ---
+
+def _copy_of(built: tuple[SpaceConfig, DatasetSplits, Path, Path], root: Path
+             ) -> tuple[SpaceConfig, Path]:
+    """The built cache copied under ``root``, and settings whose cache root that is."""
+    cfg, _, _, folder = built
+    shutil.copytree(folder, root / folder.name)
+    return cfg.model_copy(update={"teacher": cfg.teacher.model_copy(
+        update={"cache_dir": str(root)})}), root / folder.name
+
+
+def _damage(path: Path, how: str) -> None:
+    size = path.stat().st_size
+    if how == "truncated":
+        os.truncate(path, size // 2)
+    elif how == "zeroed":  # the right size, every byte zero
+        path.write_bytes(bytes(size))
+    elif how == "middle":  # a block in the middle zeroed
+        block = min(4096, size // 4)
+        with open(path, "r+b") as f:
+            f.seek(size // 2 - block // 2)
+            f.write(bytes(block))
+    else:
+        path.unlink()
+
+
+@pytest.mark.parametrize("how", ["truncated", "zeroed", "middle", "missing"])
+@pytest.mark.parametrize("file", [TRAIN_CLIPS, VAL_CLIPS, LOGITS, META])
+def test_a_damaged_cache_is_never_read_and_is_rebuilt(
+        built: tuple[SpaceConfig, DatasetSplits, Path, Path], tmp_path: Path, file: str,
+        how: str) -> None:
+    cfg, data, teacher_path, original = built
+    cfg, folder = _copy_of(built, tmp_path / "cache")
+    _damage(folder / file, how)
+    # A trial opening it gets one line naming the file and what to delete.
+    with pytest.raises(ArtifactError) as err:
+        ClipCache.open(folder)
+    assert "\n" not in str(err.value) and f"delete {folder}" in str(err.value)
+    if file != META:
+        assert file in str(err.value)
+    said: list[str] = []
+    assert prepare_cache(cfg, data, teacher_path, log=said.append) == str(folder)
+    assert any(line.startswith(f"cache: {folder} is damaged (") for line in said), said
+    assert said[-1].startswith("cache: built in")
+    rebuilt, good = ClipCache.open(folder), ClipCache.open(original)
+    np.testing.assert_array_equal(rebuilt.train_clips(), good.train_clips())
+    np.testing.assert_array_equal(rebuilt.val_clips(), good.val_clips())
+    np.testing.assert_allclose(rebuilt.teacher_logits(), good.teacher_logits(), atol=1e-5)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [folder.name,
+                                                                      folder.name + ".lock"]
+
+
+def test_a_cache_folder_without_meta_is_rebuilt_not_enotempty(
+        built: tuple[SpaceConfig, DatasetSplits, Path, Path], tmp_path: Path) -> None:
+    cfg, data, teacher_path, _ = built
+    cfg, folder = _copy_of(built, tmp_path / "cache")
+    (folder / META).unlink()
+    (folder / "stray.txt").write_text("left by hand")
+    for _ in range(2):  # rebuilt once, then reused
+        assert prepare_cache(cfg, data, teacher_path, log=lambda _: None) == str(folder)
+    assert (folder / META).is_file() and not (folder / "stray.txt").exists()
+
+
+def test_a_temporary_folder_of_a_dead_builder_is_removed_before_a_build(
+        built: tuple[SpaceConfig, DatasetSplits, Path, Path], tmp_path: Path) -> None:
+    cfg, data, teacher_path, folder = built
+    root = tmp_path / "cache"
+    cfg = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(
+        update={"cache_dir": str(root)})})
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout)
+    stale = root / f".{folder.name}.{dead}.tmp"
+    stale.mkdir(parents=True)
+    (stale / TRAIN_CLIPS).write_bytes(bytes(1000))
+    said: list[str] = []
+    prepare_cache(cfg, data, teacher_path, log=said.append)
+    assert not stale.exists()
+    assert said[0] == f"cache: removed {stale.name}, left by a build that did not finish"
+    assert [p.name for p in root.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_cache_that_does_not_fit_stops_before_the_build(
+        built: tuple[SpaceConfig, DatasetSplits, Path, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg, data, teacher_path, folder = built
+    root = tmp_path / "cache"
+    cfg = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(
+        update={"cache_dir": str(root)})})
+    monkeypatch.setattr(storage.shutil, "disk_usage",
+                        lambda _: shutil._ntuple_diskusage(10**6, 10**6 - 5000, 5000))  # type: ignore[attr-defined]
+    clip = cfg.student.clip
+    views = len(data.train) * cfg.teacher.cache_views
+    needed = ((views + len(data.val) * cfg.student.val_clips_per_video)
+              * 3 * clip.num_frames * clip.crop_size ** 2 + views * len(data.classes) * 4
+              + (1 << 20))
+    with pytest.raises(DiskFullError, match=rf"^cache {root / folder.name}: needs {needed} "
+                       rf"bytes \(1\.8 MiB\) but 5000 \(4\.9 KiB\) are free on the disk "
+                       rf"of {root}$"):
+        prepare_cache(cfg, data, teacher_path, log=lambda _: None)
+    assert [p.name for p in root.iterdir()] == [folder.name + ".lock"]
+
+
+@pytest.fixture()
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (root only): a real full disk."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_during_the_build_is_a_clear_error_and_leaves_nothing(
+        built: tuple[SpaceConfig, DatasetSplits, Path, Path], small_disk: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg, data, teacher_path, folder = built
+    # Fill the disk but for 64 KiB, and let the free-space check pass: the writes hit ENOSPC.
+    filler = small_disk / "filler"
+    filler.write_bytes(bytes(shutil.disk_usage(small_disk).free - (64 << 10)))
+    monkeypatch.setattr(storage, "check_free", lambda *_: None)
+    cfg = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(
+        update={"cache_dir": str(small_disk)})})
+    with pytest.raises(DiskFullError, match=rf"^cache {small_disk / folder.name}: the disk is "
+                       r"full \(the cache needs \d+ bytes\): free space on ") as err:
+        prepare_cache(cfg, data, teacher_path, log=lambda _: None)
+    assert "\n" not in str(err.value)
+    assert {p.name for p in small_disk.iterdir()} == {"filler", folder.name + ".lock"}
