@@ -354,7 +354,7 @@ def test_a_search_in_s3_storage_survives_a_killed_driver(
 
     from kdsearch.search.resume import unfinished_searches
 
-    epochs = 6
+    epochs = 4
     store = uri(s3, "searches")
     search = {**TINY_SPACE["search"], "num_samples": 2, "scheduler": {"name": "none"}}
     path = _space(tmp_path, remote_data, store, search=search,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +144,8 @@ def test_a_failed_baseline_run_is_recorded_and_the_rest_still_measured(
 
     cfg, client, outcome = searched["cfg"], searched["client"], searched["outcome"]
     ctx = _context(searched, cfg, searched["folder"] / "no-teacher.pt")
-    experiment_id, parent_id = start_parent(client, cfg, searched["path"])
+    experiment_id, parent_id = start_parent(client, cfg, searched["path"],
+                                            f"again-{time.time_ns()}")
     said: list[str] = []
     gain = kd_baseline(client, ctx, outcome.best, experiment_id, parent_id, said.append)
     assert gain is not None and (gain.kd_runs, gain.no_teacher_runs) == (1, 2)
@@ -174,7 +176,8 @@ def test_kd_baseline_false_trains_nothing(searched: dict[str, Any]) -> None:
 
     cfg = searched["cfg"].model_copy(update={"report": Report(kd_baseline=False)})
     client, outcome = searched["client"], searched["outcome"]
-    experiment_id, parent_id = start_parent(client, cfg, searched["path"])
+    experiment_id, parent_id = start_parent(client, cfg, searched["path"],
+                                            f"again-{time.time_ns()}")
     said: list[str] = []
     ctx = _context(searched, cfg, searched["folder"] / "no-teacher.pt")
     assert kd_baseline(client, ctx, outcome.best, experiment_id, parent_id, said.append) is None

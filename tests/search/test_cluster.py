@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kdsearch.testing import TINY_SPACE, write_tiny_space
+from kdsearch.testing import write_tiny_space
 
 # Another Ray cluster on this machine, as `ray start` leaves one: its address is written to
 # /tmp/ray/ray_current_cluster, where a bare ray.init() finds and joins it.
@@ -34,10 +34,16 @@ def test_a_search_ignores_another_ray_on_the_machine(tmp_path: Path) -> None:
              "print(ray.cluster_resources().get('foreign', 0))"],
             env=env, capture_output=True, text=True, timeout=120)
         assert probe.stdout.split()[-1] == "1.0", probe.stdout + probe.stderr
-        write_tiny_space(tmp_path, search={**TINY_SPACE["search"], "num_samples": 2})
-        proc = subprocess.run([sys.executable, "-m", "kdsearch.run", "space.yaml"],
-                              cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=600)
+        # What a search does to get its Ray (kdsearch.search.cluster.init_ray), in a process
+        # of its own as a search's driver is.
+        path = write_tiny_space(tmp_path)
+        proc = subprocess.run(
+            [sys.executable, "-c", "import sys, ray; from pathlib import Path; "
+             "from kdsearch.config.load import load_space; "
+             "from kdsearch.search.cluster import init_ray; "
+             f"init_ray(load_space(Path({str(path)!r})), None, print); "
+             "print('foreign:', ray.cluster_resources().get('foreign', 0))"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     finally:
         assert foreign.stdin is not None
         foreign.stdin.close()
@@ -46,3 +52,4 @@ def test_a_search_ignores_another_ray_on_the_machine(tmp_path: Path) -> None:
     (line,) = [line for line in proc.stdout.splitlines() if line.startswith("Ray: ")]
     cpus = os.cpu_count()
     assert line == f"Ray: a private local Ray, 1 node, {cpus} CPU{'s' if cpus != 1 else ''}, 0 GPUs"
+    assert "foreign: 0" in proc.stdout.splitlines()
