@@ -18,7 +18,8 @@ from kdsearch.config import (
     SpaceConfig,
     load_space,
 )
-from kdsearch.storage import ArtifactError, DiskFullError
+from kdsearch.config.disk import cache_estimate
+from kdsearch.storage import ArtifactError, DiskFullError, redact
 from kdsearch.text import format_table, plural, python_command
 
 EXIT_BAD_INPUT = 2
@@ -99,12 +100,15 @@ def print_outcome(outcome: object, cfg: SpaceConfig) -> None:
     python = python_command()
     if not cfg.tracking_uri.startswith(("http://", "https://")):
         print(f"\nopen the results:  {python} -m mlflow ui --backend-store-uri "
-              f"{cfg.tracking_uri}")
+              f"{redact(cfg.tracking_uri)}")
     print(f"the trials, best first, in the MLflow UI:\n  {outcome.trials_link}")
     if outcome.report:
         print(f"the report:        {outcome.report}")
     if outcome.best is not None and cfg.search.space:
-        uri = "" if cfg.tracking.uri == _default_uri() else f" --tracking-uri {cfg.tracking_uri}"
+        # Credentials in the URI are never printed: give them as MLflow's environment
+        # variables (MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD) instead.
+        uri = ("" if cfg.tracking.uri == _default_uri()
+               else f" --tracking-uri {redact(cfg.tracking_uri)}")
         print(f"export the best:   {python} -m kdsearch.best --experiment "
               f"{cfg.experiment.name}{uri}")
 
@@ -128,9 +132,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in err.problems:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    # Before anything is created: a clip cache the disk cannot hold is bad input (exit 2).
+    estimate = cache_estimate(cfg)
+    too_big = estimate.problem() if estimate is not None else None
     if args.dry_run:
-        print(yaml.safe_dump(cfg.model_dump(), sort_keys=False).rstrip())
+        print(yaml.safe_dump(cfg.redacted(), sort_keys=False).rstrip())
         print(f"\nsearch space ({cfg.search.num_samples} trials):\n{describe_space(cfg)}")
+        if estimate is not None:
+            print(f"\n{estimate.describe()}")
+    if too_big is not None:
+        print(f"error: {too_big}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.dry_run:
         return 0
     from kdsearch.search.driver import run_search
 

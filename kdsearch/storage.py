@@ -23,6 +23,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -83,6 +84,29 @@ def redact(location: str | os.PathLike[str]) -> str:
         netloc=netloc, query=urllib.parse.urlencode(query, safe=":/")))
 
 
+#: A URI inside free text (a space file, a message): scheme://, then up to a space or quote.
+_URI_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every URI in it passed through :func:`redact` (a space file as written,
+    comments and layout kept; a message)."""
+    return _URI_IN_TEXT.sub(lambda found: redact(found.group(0)), text)
+
+
+def redact_all(value: Any) -> Any:
+    """``value`` (a configuration as plain data: dicts, lists, strings, numbers) with every
+    string passed through :func:`redact_text`: whatever field holds a URI, now or in a later
+    version of the schema, never carries its credentials on."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: redact_all(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_all(v) for v in value]
+    return value
+
+
 def filesystem(location: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
     """(pyarrow filesystem, path on it) for a URI; the local filesystem for a path."""
     location = str(location)
@@ -104,8 +128,38 @@ def tune_storage(storage: str | os.PathLike[str]) -> tuple[str, pafs.FileSystem 
     storage = str(storage)
     if not is_uri(storage):
         return storage, None
-    fs, path = filesystem(storage)
+    # Tune pickles this filesystem into the experiment's files in storage (tuner.pkl, its
+    # searcher state): built from the URI without credentials, it holds none.
+    fs, path = filesystem(without_credentials(storage))
     return path, fs
+
+
+def without_credentials(location: str) -> str:
+    """``location`` with its user info and secret query values left out (not masked: a
+    working URI whose credentials come from the environment)."""
+    if not is_uri(location):
+        return location
+    split = urllib.parse.urlsplit(location)
+    netloc = split.netloc.rpartition("@")[2]
+    pairs = urllib.parse.parse_qsl(split.query, keep_blank_values=True)
+    query = [(k, v) for k, v in pairs if not any(w in k.lower() for w in _SECRET_WORDS)]
+    if netloc == split.netloc and query == pairs:
+        return location
+    return urllib.parse.urlunsplit(split._replace(
+        netloc=netloc, query=urllib.parse.urlencode(query, safe=":/")))
+
+
+def credentials_to_environment(location: str) -> bool:
+    """An ``s3://KEY:SECRET@bucket/...`` location's credentials, put where S3 clients look
+    for them: ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY`` of this process (and so
+    of the local Ray it starts next), so that what is pickled and stored (Tune's state)
+    needs none. True when it set them."""
+    split = urllib.parse.urlsplit(str(location))
+    if split.scheme != "s3" or split.username is None or split.password is None:
+        return False
+    os.environ["AWS_ACCESS_KEY_ID"] = urllib.parse.unquote(split.username)
+    os.environ["AWS_SECRET_ACCESS_KEY"] = urllib.parse.unquote(split.password)
+    return True
 
 
 def exists(location: str | os.PathLike[str]) -> bool:

@@ -30,7 +30,9 @@ CLUSTER = ROOT / "cluster"
 README = CLUSTER / "README.md"
 LAUNCHER_CONFIGS = ["aws.yaml", "gcp.yaml", "onprem.yaml"]
 RAYJOB = "kuberay-rayjob.yaml"
-IMAGE = "ghcr.io/your-org/kdsearch:latest"  # the image cluster/README.md documents
+IMAGE = "ghcr.io/your-org/kdsearch:0.1.0@sha256:YOUR-IMAGE-DIGEST"  # as cluster/README.md says
+CONSTRAINTS = "~/kdsearch/cluster/constraints.txt"
+TOKEN = "~/.ray/auth_token"  # Ray's token on your machine, copied to every node
 PROVIDER = {"aws.yaml": "aws", "gcp.yaml": "gcp", "onprem.yaml": "local"}
 STORAGE = {"aws.yaml": "s3://", "gcp.yaml": "gs://", "onprem.yaml": "/mnt/shared/kdsearch"}
 TRACKING = "http://127.0.0.1:5000"
@@ -48,6 +50,14 @@ CREDENTIALS = [
 
 def _load(name: str) -> Any:
     return yaml.safe_load((CLUSTER / name).read_text())
+
+
+def _load_all(name: str) -> dict[str, Any]:
+    """The documents of a multi-document manifest, by kind."""
+    docs = list(yaml.safe_load_all((CLUSTER / name).read_text()))
+    kinds = {doc["kind"]: doc for doc in docs}
+    assert len(kinds) == len(docs)
+    return kinds
 
 
 def _soccerdb1_trial() -> dict[str, float]:
@@ -110,7 +120,10 @@ def test_launcher_config(name: str) -> None:
     editable = re.search(r"pip install -e (\S+)", " ".join(installs))
     if editable:  # from the copy in file_mounts: a package root reaches every node
         assert f"{editable.group(1)}/pyproject.toml" in raw["file_mounts"]
-    for local in raw["file_mounts"].values():
+    for remote, local in raw["file_mounts"].items():
+        if local == TOKEN:  # outside the repository: never committed
+            assert remote == TOKEN
+            continue
         assert (ROOT / local).exists(), local
     assert any(f"export KDSEARCH_STORAGE={STORAGE[name]}" in c for c in setup)
 
@@ -147,6 +160,79 @@ def test_launcher_config(name: str) -> None:
     assert f"ray dashboard cluster/{name}" in readme
 
 
+def _pip_installs(raw: dict[str, Any]) -> list[str]:
+    keys = ("initialization_commands", "setup_commands", "head_setup_commands",
+            "worker_setup_commands")
+    return [c for key in keys for c in raw.get(key, []) if re.search(r"\bpip install\b", c)]
+
+
+@pytest.mark.parametrize("name", LAUNCHER_CONFIGS)
+def test_launcher_control_plane(name: str) -> None:
+    """What a cluster exposes (cluster/README.md#what-is-exposed): Ray wants its token on
+    every node, SSH comes from the user's CIDR only, workers have no public address, and
+    every node installs the same versions."""
+    raw = _load(name)
+    # Token authentication: the token file copied to every node, and every `ray start`
+    # (and every login shell, through ~/.kdsearch_env) in token mode.
+    assert raw["file_mounts"][TOKEN] == TOKEN
+    starts = [c for key in ("head_start_ray_commands", "worker_start_ray_commands")
+              for c in raw[key] if "ray start" in c]
+    assert len(starts) == 2
+    for start in starts:
+        assert re.search(r"(export )?RAY_AUTH_MODE=token;?\s+ray start", start), start
+    assert any("export RAY_AUTH_MODE=token" in c and "~/.kdsearch_env" in c
+               for c in raw["setup_commands"])
+    # No rule or address open to the whole internet in any value (comments may say why).
+    assert "0.0.0.0" not in yaml.safe_dump(raw)
+
+    # Exact versions: every pip install goes through the constraints file, none upgrades.
+    assert raw["file_mounts"][CONSTRAINTS] == "./cluster/constraints.txt"
+    installs = _pip_installs(raw)
+    assert installs
+    for install in installs:
+        assert f"pip install -c {CONSTRAINTS} " in install, install
+        assert not re.search(r"\s(-U|--upgrade)\b", install), install
+
+    readme = README.read_text()
+    if PROVIDER[name] == "aws":
+        # Ray adds SSH from 0.0.0.0/0 to any security group it creates: every node type
+        # names the group the README creates, so Ray creates none.
+        assert "security_group" not in raw["provider"]
+        groups = {tuple(t["node_config"]["SecurityGroupIds"])
+                  for t in raw["available_node_types"].values()}
+        assert groups == {("sg-YOUR-KDSEARCH-SG-ID",)}
+        assert "--port 22 --cidr YOUR-CIDR" in readme
+    if PROVIDER[name] == "gcp":
+        types = raw["available_node_types"]
+        subnets = set()
+        for key, node_type in types.items():
+            (interface,) = node_type["node_config"]["networkInterfaces"]
+            subnets.add(interface["subnetwork"])
+            # an external address for the head only (`ray up` reaches it over SSH)
+            assert len(interface["accessConfigs"]) == (key == raw["head_node_type"]), key
+            image = node_type["node_config"]["disks"][0]["initializeParams"]["sourceImage"]
+            assert "/family/" not in image  # one image, not a family that moves
+        (subnet,) = subnets
+        assert subnet.endswith("/subnetworks/kdsearch")
+        head = types[raw["head_node_type"]]["node_config"]
+        assert head["tags"] == {"items": ["kdsearch-head"]}
+        assert "--source-ranges=YOUR-CIDR --target-tags=kdsearch-head" in readme
+
+
+def test_constraints_file() -> None:
+    """cluster/constraints.txt pins exact versions, Ray's the one the configs install."""
+    lines = [line for line in (CLUSTER / "constraints.txt").read_text().splitlines()
+             if line and not line.startswith("#")]
+    pins = {}
+    for line in lines:
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)==([A-Za-z0-9_.+!-]+)", line)
+        assert match, line
+        pins[match.group(1).lower()] = match.group(2)
+    assert pins["ray"] == ray.__version__
+    for package in ("torch", "mlflow", "optuna", "pyarrow", "boto3"):
+        assert package in pins, package
+
+
 def test_ray_schema_rejects_what_it_should() -> None:
     """The validation above has teeth: node resources must be integers, keys known."""
     raw = _load("aws.yaml")
@@ -161,7 +247,7 @@ def test_ray_schema_rejects_what_it_should() -> None:
 
 
 def test_kuberay_rayjob() -> None:
-    doc = _load(RAYJOB)
+    doc = _load_all(RAYJOB)["RayJob"]
     assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayJob"
     spec = doc["spec"]
 
@@ -203,9 +289,40 @@ def test_kuberay_rayjob() -> None:
     assert IMAGE in (CLUSTER / RAYJOB).read_text().split("apiVersion:")[0]  # its comments
     assert IMAGE in README.read_text()
 
+    containers = [*head, *(c for g in groups for c in g["template"]["spec"]["containers"])]
+    assert "@sha256:" in IMAGE and ":latest" not in IMAGE
+    assert {c["imagePullPolicy"] for c in containers} == {"IfNotPresent"}
+    assert cluster["authOptions"] == {"mode": "token"}  # KubeRay makes and hands the token
+
     readme = README.read_text()
     assert f"kubectl apply -f cluster/{RAYJOB}" in readme
     assert "kubectl get rayjobs" in readme and "kubectl port-forward" in readme
+
+
+def test_kuberay_network_policy() -> None:
+    """The Ray pods admit only the RayJob's own pods and, on the dashboard port, the
+    KubeRay operator: no other pod, no address range; nothing made public."""
+    docs = _load_all(RAYJOB)
+    assert set(docs) == {"RayJob", "NetworkPolicy"}  # no Service, Ingress or LoadBalancer
+    job, policy = docs["RayJob"], docs["NetworkPolicy"]
+    cluster = job["spec"]["rayClusterSpec"]
+    own = policy["spec"]["podSelector"]["matchLabels"]
+    templates = [cluster["headGroupSpec"]["template"],
+                 *(g["template"] for g in cluster["workerGroupSpecs"])]
+    for template in templates:  # the policy selects every Ray pod
+        assert own.items() <= template["metadata"]["labels"].items()
+    assert "Ingress" in policy["spec"]["policyTypes"]
+    peers, operator = policy["spec"]["ingress"]
+    assert "ports" not in peers  # its own pods, on every port Ray uses
+    assert peers["from"] == [{"podSelector": {"matchLabels": own}},
+                             {"podSelector": {"matchLabels": {
+                                 "batch.kubernetes.io/job-name": job["metadata"]["name"]}}}]
+    (source,) = operator["from"]
+    assert source["podSelector"] == {"matchLabels": {
+        "app.kubernetes.io/name": "kuberay-operator"}}
+    assert set(source) == {"namespaceSelector", "podSelector"}  # both: the operator only
+    assert operator["ports"] == [{"protocol": "TCP", "port": 8265}]
+    assert "ipBlock" not in yaml.safe_dump(policy)
 
 
 @pytest.mark.parametrize("path", sorted(p.name for p in CLUSTER.iterdir() if p.is_file()))

@@ -340,61 +340,99 @@ def test_tune_writes_its_experiment_to_s3_and_restores_from_it(
         pafs.FileSelector(experiment, recursive=True))}
 
 
-def test_a_search_in_s3_storage_survives_a_killed_driver(
-        s3: str, remote_data: str, tmp_path: Path) -> None:
+PLANTED = "planted-s3cr3t"  # a credential in every URI field of a search's space file
+
+
+def _written(s3: str, tmp_path: Path, server_files: Path) -> dict[str, bytes]:
+    """Everything a search wrote: the bucket's objects (storage: Tune's folder and pickles,
+    the teacher, the cache, the record; the data), the MLflow server's database and
+    artifacts, and every file under the test's folder."""
+    found: dict[str, bytes] = {}
+    fs = pafs.S3FileSystem(**{k: v for k, v in (pair.split("=") for pair in s3.split("&"))
+                              if k in ("endpoint_override", "scheme", "region")},
+                           access_key="fake-id", secret_key="fake-secret")
+    for info in fs.get_file_info(pafs.FileSelector(BUCKET, recursive=True)):
+        if info.type == pafs.FileType.File:
+            with fs.open_input_stream(info.path) as stream:
+                found[f"s3://{info.path}"] = stream.read()
+    for root in (tmp_path, server_files):
+        for path in root.rglob("*"):
+            if path.is_file():
+                found[str(path)] = path.read_bytes()
+    return found
+
+
+def test_a_search_in_s3_storage_survives_a_killed_driver_and_writes_no_secret(
+        s3: str, remote_data: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+        ) -> None:
     """The whole search lives in S3 (Tune state, checkpoints, teacher, cache, its record);
-    the driver is killed mid-search and ``--resume`` finds and finishes it from there."""
+    the driver is killed mid-search and ``--resume`` finds and finishes it from there. Every
+    URI of its space file carries a credential, and nothing it wrote or printed holds one."""
     import signal
     import subprocess
     import sys
-    import time
     from collections import Counter
 
     from mlflow.tracking import MlflowClient
 
     from kdsearch.search.resume import unfinished_searches
+    from kdsearch.testing import mlflow_server, run_until
+
+    def secret(location: str, where: str) -> str:
+        """``location`` with credentials in it, as Arrow reads them (``s3://KEY:SECRET@...``)."""
+        return location.replace("s3://", f"s3://fake-id:{PLANTED}-{where}@")
 
     epochs = 4
-    store = uri(s3, "searches")
-    search = {**TINY_SPACE["search"], "num_samples": 2, "scheduler": {"name": "none"}}
-    path = _space(tmp_path, remote_data, store, search=search,
-                  student={**TINY_SPACE["student"], "epochs": epochs})
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_RUN_ID")}
-    env["KDSEARCH_NODE_CACHE"] = str(tmp_path / "node")
-    command = [sys.executable, "-m", "kdsearch.run", "space.yaml"]
-    driver = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and driver.poll() is None:
-        time.sleep(1)
-        experiment = (tmp_path / "mlflow.db").exists() and client.get_experiment_by_name("tiny")
-        runs = experiment and client.search_runs([experiment.experiment_id],
-                                                 "tags.`kdsearch.role` = 'trial'")
-        if runs and sum(len(client.get_metric_history(r.info.run_id, "val_acc"))
-                        for r in runs) >= 2:
-            break
-    assert driver.poll() is None, "the search ended before it could be killed"
-    driver.send_signal(signal.SIGKILL)
-    driver.wait()
-    time.sleep(3)
-    cfg = load_space(path, cwd=tmp_path)
-    (unfinished,) = unfinished_searches(cfg)  # its record is read back from S3
-    resumed = subprocess.run([*command, "--resume"], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert f"resuming search {unfinished.name}" in resumed.stdout
-    assert "fake-secret" not in resumed.stdout + resumed.stderr
-    runs = client.search_runs([unfinished.experiment_id])
+    server_files = tmp_path_factory.mktemp("server")
+    with mlflow_server(f"sqlite:///{server_files / 'server.db'}", server_files / "artifacts",
+                       log=server_files / "server.log") as server:
+        MlflowClient(server).create_experiment("earlier")  # warm-started from, empty
+        tracking = server.replace("http://", f"http://kd:{PLANTED}-tracking@")
+        store = secret(uri(s3, "searches"), "storage")
+        search = {**TINY_SPACE["search"], "num_samples": 2, "scheduler": {"name": "none"},
+                  "warm_start": {"experiment": "earlier",
+                                 "tracking_uri": server.replace("http://",
+                                                                f"http://kd:{PLANTED}-warm@")}}
+        path = _space(tmp_path, secret(remote_data, "data"), store, search=search,
+                      student={**TINY_SPACE["student"], "epochs": epochs},
+                      teacher={**TINY_SPACE["teacher"],
+                               "cache_dir": secret(uri(s3, "caches"), "cache")},
+                      tracking={"uri": tracking})
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_RUN_ID")}
+        env["KDSEARCH_NODE_CACHE"] = str(tmp_path / "node")
+        # Killed once a trial has ended, the other one on its way.
+        code, first = run_until(tmp_path, r"trials 1/2 done", env=env)
+        assert code == -signal.SIGKILL, first[-3000:]
+        (tmp_path / "first-run.txt").write_text(first)  # searched for secrets below
+        cfg = load_space(path, cwd=tmp_path)
+        (unfinished,) = unfinished_searches(cfg)  # its record is read back from S3
+        resumed = subprocess.run([sys.executable, "-m", "kdsearch.run", "space.yaml",
+                                  "--resume"], cwd=tmp_path, env=env,
+                                 capture_output=True, text=True, timeout=600)
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        assert f"resuming search {unfinished.name}" in resumed.stdout
+        client = MlflowClient(server)
+        runs = client.search_runs([unfinished.experiment_id])
+        histories = {r.info.run_id: [m.step for m in client.get_metric_history(
+            r.info.run_id, "val_acc")] for r in runs}
     assert [r for r in runs if r.info.status == "RUNNING"] == []
     trials = [r for r in runs if r.data.tags.get("kdsearch.role") == "trial"]
     assert sorted(Counter(r.data.tags["kdsearch.trial_id"] for r in trials).values()) == [1, 1]
     for run in trials:
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        steps = histories[run.info.run_id]
         assert sorted(steps) == list(range(1, epochs + 1)), run.data.tags.get("kdsearch.error")
     assert unfinished_searches(cfg) == []
     fs, root = storage.filesystem(store)
     assert fs.get_file_info(f"{root}/ray/{unfinished.name}/kdsearch_search.json").is_file
+
+    # Nothing written holds a planted credential (the space file the user wrote aside).
+    written = _written(s3, tmp_path, server_files)
+    assert any(name.endswith("tuner.pkl") for name in written)  # the pickles are searched too
+    assert any(name.endswith("server.db") for name in written)
+    leaks = {name: data[max(0, data.index(PLANTED.encode()) - 80):][:160]
+             for name, data in written.items() if PLANTED.encode() in data and name != str(path)}
+    assert leaks == {}
+    assert PLANTED not in resumed.stdout + resumed.stderr
 
 
 # --- Committing files (no S3 server needed). ---

@@ -28,14 +28,15 @@ def _range_problems(name: str, dist: Uniform | LogUniform | IntRange) -> list[st
     where = f"search.space.{name}"
     problems = []
     if not dist.low < dist.high:
-        problems.append(f"{where}.high: {dist.high} must be greater than low ({dist.low})")
+        problems.append(f"{where}.high: {excerpt(dist.high)} must be greater than low "
+                        f"({excerpt(dist.low)})")
     if (isinstance(dist, LogUniform) or getattr(dist, "log", False)) and dist.low <= 0:
-        problems.append(f"{where}.low: {dist.low} must be > 0 for a log scale")
+        problems.append(f"{where}.low: {excerpt(dist.low)} must be > 0 for a log scale")
     for end in ("low", "high"):
         value = getattr(dist, end)
         rule = _value_problem(name, value)
         if rule:
-            problems.append(f"{where}.{end}: {value} {rule}")
+            problems.append(f"{where}.{end}: {excerpt(value)} {rule}")
     return problems
 
 
@@ -48,13 +49,13 @@ def _value_problem(name: str, value: Any) -> str | None:
         if value not in list_models("student"):
             students = list_models("student")
             return (f"is not a registered student (valid: {', '.join(students)})"
-                    f"{did_you_mean(str(value), students)}")
+                    f"{did_you_mean(str(value)[:100], students)}")
         return None
     field = Student.model_fields[name]
     if get_origin(field.annotation) is Literal:
         allowed = get_args(field.annotation)
         return None if value in allowed else (f"is not one of {', '.join(map(str, allowed))}"
-                                              f"{did_you_mean(str(value), allowed)}")
+                                              f"{did_you_mean(str(value)[:100], allowed)}")
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return "is not a finite number"
     bounds = {type(rule).__name__: getattr(rule, type(rule).__name__.lower())
@@ -88,13 +89,13 @@ def _value_problems(search: Search) -> list[str]:
     problems = []
     for name, dist in search.space.items():
         if name not in SEARCHABLE:
-            problems.append(f"search.space.{name}: unknown setting (searchable: "
-                            f"{', '.join(SEARCHABLE)}){did_you_mean(name, SEARCHABLE)}")
+            problems.append(f"search.space.{key(name)}: unknown setting (searchable: "
+                            f"{', '.join(SEARCHABLE)}){did_you_mean(key(name), SEARCHABLE)}")
         elif isinstance(dist, Choice):
             for i, value in enumerate(dist.values):
                 rule = _value_problem(name, value)
                 if rule:
-                    problems.append(f"search.space.{name}.values[{i}]: {value!r} {rule}")
+                    problems.append(f"search.space.{name}.values[{i}]: {excerpt(value)} {rule}")
         elif _categorical(name):
             problems.append(f"search.space.{name}.type: {dist.type!r} must be 'choice' "
                             "for a categorical setting")
@@ -124,8 +125,8 @@ def _condition_problems(search: Search) -> list[str]:
                 continue
             for value in values:
                 if value not in other.values:
-                    problems.append(f"{where}: {value!r} is not one of "
-                                    f"search.space.{parent}.values {other.values}")
+                    problems.append(f"{where}: {excerpt(value)} is not one of "
+                                    f"search.space.{parent}.values {excerpt(other.values)}")
     return problems
 
 
@@ -134,18 +135,20 @@ def _point_problems(search: Search) -> list[str]:
     problems = []
     for i, point in enumerate(search.points_to_evaluate):
         for name, value in point.items():
-            where = f"search.points_to_evaluate[{i}].{name}"
+            where = f"search.points_to_evaluate[{i}].{key(name)}"
             dist = search.space.get(name)
             if dist is None:
                 problems.append(f"{where}: not a searched setting (searched: "
                                 f"{', '.join(search.space) or 'none'})")
             elif isinstance(dist, Choice):
                 if value not in dist.values:
-                    problems.append(f"{where}: {value!r} is not one of {dist.values}")
+                    problems.append(f"{where}: {excerpt(value)} is not one of "
+                                    f"{excerpt(dist.values)}")
             elif isinstance(value, bool) or not isinstance(value, int | float):
-                problems.append(f"{where}: {value!r} is not a number")
+                problems.append(f"{where}: {excerpt(value)} is not a number")
             elif not dist.low <= value <= dist.high:
-                problems.append(f"{where}: {value} is outside [{dist.low}, {dist.high}]")
+                problems.append(f"{where}: {excerpt(value)} is outside [{excerpt(dist.low)}, "
+                                f"{excerpt(dist.high)}]")
     return problems
 
 
@@ -158,8 +161,8 @@ def format_validation_error(err: ValidationError) -> list[str]:
         loc = loc.replace(".[", "[")
         ctx = e.get("ctx") or {}
         if e["type"] == "extra_forbidden":
-            key = str(e["loc"][-1])
-            lines.append(f"{loc}: unknown key{did_you_mean(key, _allowed_keys(e['loc'][:-1]))}")
+            name = key(str(e["loc"][-1]))
+            lines.append(f"{loc}: unknown key{did_you_mean(name, _allowed_keys(e['loc'][:-1]))}")
         elif e["type"] == "missing":
             lines.append(f"{loc}: missing (required)")
         elif e["type"] == "union_tag_invalid":
@@ -167,13 +170,13 @@ def format_validation_error(err: ValidationError) -> list[str]:
             tag = str(ctx.get("tag", ""))
             lines.append(f"{loc}.{ctx.get('discriminator', 'type').strip(chr(39))}: "
                          f"{excerpt(tag)} is not one of {', '.join(tags)}"
-                         f"{did_you_mean(tag, tags)}")
+                         f"{did_you_mean(tag, tags) if len(tag) <= 100 else ''}")
         elif e["type"] == "literal_error":
             allowed = [t.strip(" '") for t in
                        str(ctx.get("expected", "")).replace(" or ", ", ").split(",")]
             value = e.get("input")
             lines.append(f"{loc}: {excerpt(value)} input should be one of {', '.join(allowed)}"
-                         f"{did_you_mean(str(value), allowed)}")
+                         f"{did_you_mean(value, allowed) if isinstance(value, str) else ''}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
             # A model validator's message starts with its field: "train_split: must ..."
@@ -182,6 +185,11 @@ def format_validation_error(err: ValidationError) -> list[str]:
             else:
                 lines.append(f"{loc}: {excerpt(e.get('input'))} {msg[0].lower()}{msg[1:]}")
     return lines
+
+
+def key(name: str, limit: int = 60) -> str:
+    """A key of the space file as a message names it: cut to ``limit`` characters."""
+    return name if len(name) <= limit else name[:limit] + "..."
 
 
 def excerpt(value: Any, limit: int = 60) -> str:
@@ -244,7 +252,7 @@ def _model(annotation: Any) -> type[BaseModel] | None:
 
 
 def _loc_part(part: int | str) -> str:
-    return f"[{part}]" if isinstance(part, int) else str(part)
+    return f"[{part}]" if isinstance(part, int) else key(str(part))
 
 
 def _is_union_tag(part: int | str) -> bool:

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from kdsearch.config.checks import format_validation_error, search_space_problems
+from kdsearch.config.checks import excerpt, format_validation_error, search_space_problems
 from kdsearch.config.schema import (
     PRETRAINED,
     SEARCHABLE,
@@ -46,20 +46,83 @@ def _with_source(problem: str, overrides: Sequence[str]) -> str:
     return problem
 
 
+#: A space file is a few KB; these stop a huge or hostile one before it is parsed or expanded.
+MAX_FILE_BYTES = 1 << 20
+#: Values a document may hold with every alias expanded: a real space file holds a few
+#: hundred, a YAML alias bomb (``b: [*a, *a, ...]`` nested) billions from a few hundred bytes.
+MAX_NODES = 100_000
+
+
+class _TooLarge(yaml.YAMLError):
+    """The document's aliases expand to more than :data:`MAX_NODES` values, or refer to
+    themselves."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that counts every document's values with aliases expanded before
+    constructing anything: an alias bomb is rejected in milliseconds, and nothing downstream
+    (validation, messages) ever walks billions of shared references."""
+
+    def compose_document(self) -> yaml.Node:
+        node: yaml.Node = super().compose_document()
+        _expanded_size(node, {}, set())
+        return node
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> int:
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_:
+        raise _TooLarge("an alias refers to the value that contains it")
+    open_.add(key)
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, sizes, open_) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, sizes, open_) + _expanded_size(v, sizes, open_)
+                    for k, v in node.value)
+    open_.discard(key)
+    if size > MAX_NODES:
+        raise _TooLarge(f"its aliases expand to more than {MAX_NODES} values (a space file "
+                        "holds a few hundred)")
+    sizes[key] = size
+    return size
+
+
+def parse_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with aliases bounded (:class:`_BoundedLoader`); raises
+    ``yaml.YAMLError`` or ValueError (an integer of more than 4300 digits)."""
+    return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 (a SafeLoader)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError([f"{path}: no such space file"])
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ConfigError([f"{path}: {size} bytes; a space file must be at most "
+                           f"{MAX_FILE_BYTES} bytes"])
     try:
-        data = yaml.safe_load(path.read_text())
+        data = parse_yaml(path.read_text(errors="replace"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError([f"{where}: invalid YAML: {problem}"]) from None
+        raise ConfigError([f"{where}: invalid YAML: {_short(problem)}"]) from None
+    except (ValueError, RecursionError) as err:  # a 5000-digit integer; nesting too deep
+        problem = ("nested too deeply" if isinstance(err, RecursionError)
+                   else f"a value cannot be read ({_short(str(err), 60)})")
+        raise ConfigError([f"{path}: invalid YAML: {problem}"]) from None
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: a space file must be a mapping of sections, "
                            f"got {type(data).__name__}"])
     return data
+
+
+def _short(text: str, limit: int = 120) -> str:
+    """A message part (PyYAML's problem, which may quote the input) cut to ``limit``."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -69,11 +132,14 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
-            problems.append(f"--set {item}: expected dotted.key=value")
+            problems.append(f"--set {_short(item, 80)}: expected dotted.key=value")
             continue
         try:
-            value = yaml.safe_load(text) if text else ""
-        except yaml.YAMLError:
+            value = parse_yaml(text) if text else ""
+        except _TooLarge as err:
+            problems.append(f"--set {_short(item, 80)}: {err}")
+            continue
+        except (yaml.YAMLError, ValueError, RecursionError):
             value = text
         node = out
         parts = key.split(".")
@@ -110,11 +176,11 @@ def _model_problems(cfg: SpaceConfig) -> list[str]:
     problems = []
     teachers, students = list_models("teacher"), list_models("student")
     if cfg.teacher.model not in teachers:
-        problems.append(f"teacher.model: {cfg.teacher.model!r} is not a registered teacher "
+        problems.append(f"teacher.model: {excerpt(cfg.teacher.model)} is not a registered teacher "
                         f"(valid: {', '.join(teachers)})"
                         f"{did_you_mean(cfg.teacher.model, teachers)}")
     if "backbone" not in cfg.search.space and cfg.student.backbone not in students:
-        problems.append(f"student.backbone: {cfg.student.backbone!r} is not a registered "
+        problems.append(f"student.backbone: {excerpt(cfg.student.backbone)} is not a registered "
                         f"student (valid: {', '.join(students)})"
                         f"{did_you_mean(cfg.student.backbone, students)}")
     if cfg.search.metric == "val_vote_acc":
@@ -204,7 +270,8 @@ def _tracking_uri(uri: str, cwd: Path, where: str) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return "sqlite:///" + _absolute(uri.removeprefix("sqlite:///"), cwd)
     if "://" not in uri:
-        raise ConfigError([f"{where}: {uri!r} must be a URI (sqlite:///path, http://host)"])
+        raise ConfigError([f"{where}: {excerpt(uri, 200)} must be a URI (sqlite:///path, "
+                           "http://host)"])
     return uri
 
 
@@ -234,7 +301,7 @@ def _path_problems(cfg: SpaceConfig) -> list[str]:
     if is_uri(cfg.data.root):
         problems.extend(_uri_root_problems(cfg))
     elif cfg.data.format != "synthetic" and not Path(cfg.data.root).is_dir():
-        problems.append(f"data.root: {cfg.data.root!r} is not a directory")
+        problems.append(f"data.root: {excerpt(cfg.data.root, 200)} is not a directory")
     elif cfg.data.format != "synthetic":  # the synthetic set is generated later
         problems.extend(_split_problems(cfg))
     space = cfg.search.space.get("backbone")
@@ -246,7 +313,7 @@ def _path_problems(cfg: SpaceConfig) -> list[str]:
             continue
         if weights not in PRETRAINED:
             if not Path(weights).is_file():
-                problems.append(f"{section}.weights: {weights!r} is not a file")
+                problems.append(f"{section}.weights: {excerpt(weights, 200)} is not a file")
             continue
         problems.extend(_pretrained_problems(section, model, weights, cfg.offline))
     return sorted(set(problems), key=problems.index)
@@ -259,13 +326,14 @@ def _uri_root_problems(cfg: SpaceConfig) -> list[str]:
 
     root = storage.redact(cfg.data.root)
     if cfg.data.format == "synthetic":
-        return [f"data.root: {root!r} is a URI, but format synthetic generates its videos "
-                "on local disk; use a local path"]
+        return [f"data.root: {excerpt(root, 200)} is a URI, but format synthetic generates its "
+                "videos on local disk; use a local path"]
     try:
         found = storage.is_dir(cfg.data.root)
     except OSError as err:
-        return [f"data.root: {root!r} cannot be read: {err}"]
-    return [] if found else [f"data.root: {root!r} is not a directory (no objects under it)"]
+        return [f"data.root: {excerpt(root, 200)} cannot be read: {_short(str(err))}"]
+    return [] if found else [f"data.root: {excerpt(root, 200)} is not a directory (no objects "
+                             "under it)"]
 
 
 def _pretrained_problems(section: str, model: str, weights: str, offline: bool) -> list[str]:
@@ -278,7 +346,7 @@ def _pretrained_problems(section: str, model: str, weights: str, offline: bool) 
         return [f"{section}.weights: 'pretrained' but {model} has no pretrained weights; "
                 "use none"]
     if weights != "pretrained" and spec.pretrained != weights:
-        return [f"{section}.weights: {weights!r} is not available for {model} "
+        return [f"{section}.weights: {excerpt(weights)} is not available for {model} "
                 f"(available: none{', ' + spec.pretrained if spec.pretrained else ''})"]
     try:
         offline = offline or offline_from_env()

@@ -10,10 +10,12 @@ the driver: trials run in other working directories and only ever see absolute p
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -21,7 +23,54 @@ from pydantic import (
     model_validator,
 )
 
+from kdsearch.storage import redact_all
+
 PRETRAINED = ("none", "pretrained", "kinetics400", "imagenet")
+
+# Upper bounds: far above any real search, low enough that a typo (an extra three zeros) or a
+# hostile file stops at validation instead of allocating, looping or filling a disk for days.
+# docs/space-file.md states each one next to its key.
+MAX_EPOCHS = 10_000
+MAX_TRIALS = 100_000  # search.num_samples, and the counts that compare with it
+MAX_CONCURRENT = 1_000
+MAX_VIEWS = 1_000  # teacher.cache_views
+MAX_VAL_CLIPS = 100  # student.val_clips_per_video
+MAX_FRAMES = 512  # a clip's num_frames
+MAX_STRIDE = 64
+MAX_CROP = 1_024  # a clip's crop_size, pixels
+MAX_BATCH = 4_096
+MAX_WORKERS = 256  # data.num_workers
+MAX_CLASSES = 100_000
+MAX_PER_CLASS = 100_000  # synthetic videos per class
+MAX_SEED = 2**32 - 1  # numpy's seeds are unsigned 32-bit
+MAX_KD_SEEDS = 100
+MAX_TOP_K = 1_000
+MAX_CPUS = 1_024
+MAX_GPUS = 64
+MAX_FAILURES = 1_000
+MAX_POINTS = 1_000  # search.points_to_evaluate
+MAX_PATH = 4_096  # characters of a path or URI (Linux's PATH_MAX)
+
+#: A name that becomes a folder (``mlartifacts/<experiment.name>``, search records) or goes
+#: into an MLflow filter string: no separators, quotes or spaces, never ``.`` or ``..``.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _name_rule(longest: int) -> AfterValidator:
+    def check(value: str) -> str:
+        if len(value) > longest or not NAME_PATTERN.fullmatch(value):
+            raise ValueError(f"must be 1-{longest} letters, digits, '.', '_' or '-', the first "
+                             "a letter or digit (it names folders and MLflow queries)")
+        return value
+    return AfterValidator(check)
+
+
+#: ``experiment.name``; ``tracking.registered_model`` defaults to it + "-student", so it
+#: allows a little more.
+Name = Annotated[str, _name_rule(100)]
+ModelName = Annotated[str, _name_rule(128)]
+Location = Annotated[str, Field(max_length=MAX_PATH)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
 class ConfigError(Exception):
@@ -41,16 +90,16 @@ class _Model(BaseModel):
 
 
 class Experiment(_Model):
-    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")]
+    name: Name
 
 
 class SyntheticData(_Model):
-    train_per_class: Annotated[int, Field(ge=2)] = 30
-    val_per_class: Annotated[int, Field(ge=1)] = 10
-    num_frames: Annotated[int, Field(ge=4)] = 32
-    size: Annotated[int, Field(ge=16)] = 64
-    fps: Annotated[int, Field(ge=1)] = 16
-    seed: int = 0
+    train_per_class: Annotated[int, Field(ge=2, le=MAX_PER_CLASS)] = 30
+    val_per_class: Annotated[int, Field(ge=1, le=MAX_PER_CLASS)] = 10
+    num_frames: Annotated[int, Field(ge=4, le=4 * MAX_FRAMES)] = 32
+    size: Annotated[int, Field(ge=16, le=MAX_CROP)] = 64
+    fps: Annotated[int, Field(ge=1, le=1_000)] = 16
+    seed: Seed = 0
 
     @field_validator("size")
     @classmethod
@@ -70,16 +119,16 @@ class Data(_Model):
     """
 
     format: Literal["synthetic", "video_folder", "frame_folder", "annotation_list"]
-    root: str
-    train_split: str | None = "train"
-    val_split: str | None = "val"
+    root: Location
+    train_split: Location | None = "train"
+    val_split: Location | None = "val"
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
-    split_seed: int = 0
-    classes: list[str] | None = None
-    frame_rate: Annotated[float, Field(gt=0)] | None = None  # frame folders store no fps
+    split_seed: Seed = 0
+    classes: Annotated[list[str], Field(max_length=MAX_CLASSES)] | None = None
+    frame_rate: Annotated[float, Field(gt=0, le=1_000)] | None = None  # frame folders: no fps
     short_videos: Literal["pad", "skip"] = "pad"
     synthetic: SyntheticData = SyntheticData()
-    num_workers: Annotated[int, Field(ge=0)] = 0
+    num_workers: Annotated[int, Field(ge=0, le=MAX_WORKERS)] = 0
 
     @field_validator("classes")
     @classmethod
@@ -107,9 +156,9 @@ class Data(_Model):
 
 
 class Clip(_Model):
-    num_frames: Annotated[int, Field(ge=1)] = 8
-    stride: Annotated[int, Field(ge=1)] = 2
-    crop_size: Annotated[int, Field(ge=16)] = 64
+    num_frames: Annotated[int, Field(ge=1, le=MAX_FRAMES)] = 8
+    stride: Annotated[int, Field(ge=1, le=MAX_STRIDE)] = 2
+    crop_size: Annotated[int, Field(ge=16, le=MAX_CROP)] = 64
 
 
 class Pretrain(_Model):
@@ -119,27 +168,27 @@ class Pretrain(_Model):
     replaced for the target classes."""
 
     data: Data
-    epochs: Annotated[int, Field(ge=1)] = 10
+    epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] = 10
     lr: Annotated[float, Field(gt=0)] = 2e-3
 
 
 class Teacher(_Model):
-    model: str
-    weights: str = "none"
+    model: Annotated[str, Field(max_length=100)]
+    weights: Location = "none"
     finetune: Literal["full", "head"] = "full"
-    epochs: Annotated[int, Field(ge=0)] = 5
+    epochs: Annotated[int, Field(ge=0, le=MAX_EPOCHS)] = 5
     lr: Annotated[float, Field(gt=0)] = 1e-3
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
-    batch_size: Annotated[int, Field(ge=1)] = 8
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 8
     # The teacher's own input; None: the model's native clip from the registry. Its clips
     # cover the same time span and crop box as the student's (kdsearch.data.video).
     clip: Clip | None = None
     pretrain: Pretrain | None = None
     # Decode and run the teacher once per view before the trials (kdsearch.train.cache).
     cache: bool = True
-    cache_views: Annotated[int, Field(ge=1)] = 4
+    cache_views: Annotated[int, Field(ge=1, le=MAX_VIEWS)] = 4
     # A path every node shares, or a pyarrow filesystem URI; None: <storage>/cache.
-    cache_dir: str | None = None
+    cache_dir: Location | None = None
 
 
 #: Marks a ``Student`` field that ``search.space`` may sample; its constraints bound the
@@ -153,10 +202,10 @@ class Student(_Model):
     alpha: Annotated[float, Field(ge=0, le=1, json_schema_extra=_SEARCHABLE)] = 0.5
     temperature: Annotated[float, Field(gt=0, json_schema_extra=_SEARCHABLE)] = 4.0
     lr: Annotated[float, Field(gt=0, json_schema_extra=_SEARCHABLE)] = 1e-3
-    backbone: Annotated[str, Field(json_schema_extra=_SEARCHABLE)] = "tiny3d"
+    backbone: Annotated[str, Field(max_length=100, json_schema_extra=_SEARCHABLE)] = "tiny3d"
     weight_decay: Annotated[float, Field(ge=0, json_schema_extra=_SEARCHABLE)] = 1e-4
     momentum: Annotated[float, Field(ge=0, le=1, json_schema_extra=_SEARCHABLE)] = 0.9
-    batch_size: Annotated[int, Field(ge=1, json_schema_extra=_SEARCHABLE)] = 8
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH, json_schema_extra=_SEARCHABLE)] = 8
     optimizer: Annotated[Literal["sgd", "adamw"], Field(json_schema_extra=_SEARCHABLE)] = "adamw"
     # The teacher term (kdsearch.train.losses, docs/distillation.md); "kd" uses temperature.
     kd_loss: Annotated[Literal["kd", "dkd", "dist"], Field(json_schema_extra=_SEARCHABLE)] = "kd"
@@ -167,15 +216,15 @@ class Student(_Model):
     # warms up over 20 of 240 epochs, which would keep a 10-epoch trial below full strength
     # throughout (at most half strength); 2 keeps its purpose (epoch 1 at half strength: a
     # fresh student is not hit by beta 8 at once) and gives the full term from epoch 2 on.
-    dkd_warmup: Annotated[int, Field(ge=0, json_schema_extra=_SEARCHABLE)] = 2
+    dkd_warmup: Annotated[int, Field(ge=0, le=MAX_EPOCHS, json_schema_extra=_SEARCHABLE)] = 2
     # DIST: the authors' ImageNet setting (tau 1, beta = gamma = 1), mmrazor's defaults.
     dist_tau: Annotated[float, Field(gt=0, json_schema_extra=_SEARCHABLE)] = 1.0
     dist_beta: Annotated[float, Field(ge=0, json_schema_extra=_SEARCHABLE)] = 1.0
     dist_gamma: Annotated[float, Field(ge=0, json_schema_extra=_SEARCHABLE)] = 1.0
-    weights: str = "none"
-    epochs: Annotated[int, Field(ge=1)] = 10
+    weights: Location = "none"
+    epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] = 10
     clip: Clip = Clip()
-    val_clips_per_video: Annotated[int, Field(ge=1)] = 1
+    val_clips_per_video: Annotated[int, Field(ge=1, le=MAX_VAL_CLIPS)] = 1
     bf16: bool = True  # autocast on CUDA; ignored on the CPU
     channels_last: bool = True  # channels-last 3D memory format on CUDA; ignored on the CPU
 
@@ -244,8 +293,8 @@ Distribution = Annotated[Uniform | LogUniform | IntRange | Choice, Field(discrim
 
 class Asha(_Model):
     name: Literal["asha"] = "asha"
-    grace_period: Annotated[int, Field(ge=1)] = 1
-    reduction_factor: Annotated[float, Field(ge=2)] = 2
+    grace_period: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] = 1
+    reduction_factor: Annotated[float, Field(ge=2, le=100)] = 2
 
 
 class HyperBand(_Model):
@@ -254,17 +303,17 @@ class HyperBand(_Model):
     but finish well are not all judged after one epoch. No trial waits for another."""
 
     name: Literal["hyperband"]
-    grace_period: Annotated[int, Field(ge=1)] = 1
-    reduction_factor: Annotated[float, Field(ge=2)] = 2
-    brackets: Annotated[int, Field(ge=1)] = 3
+    grace_period: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] = 1
+    reduction_factor: Annotated[float, Field(ge=2, le=100)] = 2
+    brackets: Annotated[int, Field(ge=1, le=16)] = 3
 
 
 class Median(_Model):
     """Stop a trial whose best value is below the median of other trials at the same epoch."""
 
     name: Literal["median"]
-    grace_period: Annotated[int, Field(ge=1)] = 1
-    min_samples_required: Annotated[int, Field(ge=1)] = 3
+    grace_period: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] = 1
+    min_samples_required: Annotated[int, Field(ge=1, le=MAX_TRIALS)] = 3
 
 
 class Agreement(_Model):
@@ -274,10 +323,10 @@ class Agreement(_Model):
     validation videos) of the rung's cutoff (kdsearch.search.stopping)."""
 
     name: Literal["agreement"] = "agreement"
-    grace_period: Annotated[int, Field(ge=1)] = 1
-    reduction_factor: Annotated[float, Field(ge=2)] = 2
+    grace_period: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] = 1
+    reduction_factor: Annotated[float, Field(ge=2, le=100)] = 2
     min_agreement: Annotated[float, Field(ge=-1, le=1)] = 0.5
-    min_pairs: Annotated[int, Field(ge=2)] = 5
+    min_pairs: Annotated[int, Field(ge=2, le=MAX_TRIALS)] = 5
     noise_margin: bool = True
 
 
@@ -289,15 +338,15 @@ class WarmStart(_Model):
     """Completed trials of an earlier MLflow experiment, told to the sampler before the first
     trial (they are not trained again)."""
 
-    experiment: Annotated[str, Field(min_length=1)]
-    tracking_uri: str | None = None  # None: this search's tracking.uri
+    experiment: Name
+    tracking_uri: Location | None = None  # None: this search's tracking.uri
 
 
 class Search(_Model):
     space: dict[str, Distribution] = {}
-    num_samples: Annotated[int, Field(ge=1)] = 12
-    max_concurrent: Annotated[int, Field(ge=1)] = 2
-    seed: int = 0
+    num_samples: Annotated[int, Field(ge=1, le=MAX_TRIALS)] = 12
+    max_concurrent: Annotated[int, Field(ge=1, le=MAX_CONCURRENT)] = 2
+    seed: Seed = 0
     metric: Literal["val_acc", "val_video_acc", "val_vote_acc", "val_macro_f1",
                     "val_loss"] = "val_acc"
     mode: Literal["max", "min"] = "max"
@@ -305,7 +354,8 @@ class Search(_Model):
     scheduler: Annotated[Asha | HyperBand | Median | Agreement | NoScheduler,
                          Field(discriminator="name")] = Agreement()
     # Configurations to train first (e.g. a paper's hand-picked alpha and temperature).
-    points_to_evaluate: list[dict[str, str | int | float | bool]] = []
+    points_to_evaluate: Annotated[list[dict[str, str | int | float | bool]],
+                                  Field(max_length=MAX_POINTS)] = []
     warm_start: WarmStart | None = None
 
     @model_validator(mode="before")
@@ -320,18 +370,19 @@ class Search(_Model):
 
 
 class Resources(_Model):
-    cpus_per_trial: Annotated[float, Field(gt=0)] = 1
-    gpus_per_trial: Annotated[float, Field(ge=0)] = 0  # fractions pack trials on one GPU
-    teacher_cpus: Annotated[int, Field(ge=1)] = 2
+    cpus_per_trial: Annotated[float, Field(gt=0, le=MAX_CPUS)] = 1
+    # Fractions pack trials on one GPU.
+    gpus_per_trial: Annotated[float, Field(ge=0, le=MAX_GPUS)] = 0
+    teacher_cpus: Annotated[int, Field(ge=1, le=MAX_CPUS)] = 2
     allow_cpu: bool = False  # GPUs asked of a cluster without any: CPU trials, not an error
-    max_failures: Annotated[int, Field(ge=0)] = 0  # retries of a trial, from its checkpoint
+    max_failures: Annotated[int, Field(ge=0, le=MAX_FAILURES)] = 0  # retries, from a checkpoint
 
 
 class Tracking(_Model):
-    uri: str | None = None  # None: sqlite:///<start dir>/mlflow.db
-    top_k: Annotated[int, Field(ge=0)] = 3  # the best k trials keep their student checkpoint
+    uri: Location | None = None  # None: sqlite:///<start dir>/mlflow.db
+    top_k: Annotated[int, Field(ge=0, le=MAX_TOP_K)] = 3  # the best k keep their checkpoint
     # The Model Registry name of the best student; None: "<experiment.name>-student".
-    registered_model: Annotated[str, Field(min_length=1)] | None = None
+    registered_model: ModelName | None = None
 
 
 class Report(_Model):
@@ -340,7 +391,7 @@ class Report(_Model):
     # Train the best configuration again without the teacher (alpha 0) and both on
     # ``kd_seeds`` seeds in all, and record what distillation added (kdsearch.search.baseline).
     kd_baseline: bool = True
-    kd_seeds: Annotated[int, Field(ge=1)] = 3
+    kd_seeds: Annotated[int, Field(ge=1, le=MAX_KD_SEEDS)] = 3
 
 
 class SpaceConfig(_Model):
@@ -352,10 +403,17 @@ class SpaceConfig(_Model):
     resources: Resources = Resources()
     tracking: Tracking = Tracking()
     report: Report = Report()
-    storage: str = "kdsearch_results"
+    storage: Location = "kdsearch_results"
     # Published weights from the torch hub cache only, never downloaded (also: --offline,
     # KDSEARCH_OFFLINE=1).
     offline: bool = False
+
+    def redacted(self) -> dict[str, Any]:
+        """The whole configuration as plain data with credentials stripped from every URI in
+        it (``kdsearch.storage.redact_all``): the only form of it kdsearch prints, logs,
+        pickles into Ray's state or stores."""
+        redacted: dict[str, Any] = redact_all(self.model_dump(mode="json"))
+        return redacted
 
     @property
     def tracking_uri(self) -> str:

@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 from kdsearch import storage
 from kdsearch.config import Clip, ConfigError, Data
 from kdsearch.data.index import IndexRow, index_path, index_split
-from kdsearch.data.layouts import Listing, list_split, stratified_split
+from kdsearch.data.layouts import LayoutError, Listing, list_split, stratified_split
+from kdsearch.data.media import too_large
 from kdsearch.data.synthetic import generate_synthetic
 from kdsearch.data.video import PairedClipDataset, VideoClipDataset, VideoRecord
 from kdsearch.storage import is_uri
@@ -117,10 +118,18 @@ def list_splits(data: Data, root: Path | None = None) -> tuple[Listing, Listing 
     (``root``: the local folder of the data, default :func:`data_root`)."""
     root = root or data_root(data)
     fmt = "video_folder" if data.format == "synthetic" else data.format
-    train = list_split(root, fmt, data.train_split, data.classes)
+    # --dry-run checked the same (kdsearch.config.load); a root copied from a URI, or data
+    # changed since, is first listed here: still one line, never a traceback.
+    try:
+        train = list_split(root, fmt, data.train_split, data.classes)
+    except LayoutError as err:
+        raise ConfigError([f"data.train_split: {err}"]) from None
     if data.val_split is None:
         return train, None
-    return train, list_split(root, fmt, data.val_split, train.classes)
+    try:
+        return train, list_split(root, fmt, data.val_split, train.classes)
+    except LayoutError as err:
+        raise ConfigError([f"data.val_split: {err}"]) from None
 
 
 def load_dataset(data: Data, clip: Clip, index_fallback: Path, log: Log = print
@@ -147,6 +156,11 @@ def load_dataset(data: Data, clip: Clip, index_fallback: Path, log: Log = print
     need = (clip.num_frames - 1) * clip.stride + 1
     train, train_issues = _usable(root, "train", train_rows, need, data.short_videos)
     val, val_issues = _usable(root, "val", val_rows, need, data.short_videos)
+    # Paths left out by the listing (outside the root, bad names, duplicates): the training
+    # list's count as training issues even when validation is held out of it.
+    train_issues = _listing_issues("train", train_listing) + train_issues
+    if val_listing is not None:
+        val_issues = _listing_issues("val", val_listing) + val_issues
     classes = train_listing.classes
     splits = DatasetSplits(classes, tuple(train), tuple(val), tuple(train_issues + val_issues),
                            _fingerprint(classes, train_rows, val_rows, train, val,
@@ -155,6 +169,10 @@ def load_dataset(data: Data, clip: Clip, index_fallback: Path, log: Log = print
         log(line)
     _check_classes(classes, {"train": train, "val": val}, train_issues + val_issues)
     return splits
+
+
+def _listing_issues(split: str, listing: Listing) -> list[DataIssue]:
+    return [DataIssue(split, s.path, s.status, s.reason, "skipped") for s in listing.skipped]
 
 
 def _usable(root: Path, split: str, rows: list[IndexRow], need: int, short: str
@@ -174,6 +192,9 @@ def _usable(root: Path, split: str, rows: list[IndexRow], need: int, short: str
 def _issue(split: str, row: IndexRow, need: int, short: str) -> DataIssue | None:
     if row.status != "ok":
         return DataIssue(split, row.path, row.status, row.reason, "skipped")
+    large = too_large(row.width, row.height)  # an index probed before the limit existed
+    if large:
+        return DataIssue(split, row.path, "too_large", large, "skipped")
     if row.num_frames < need:
         reason = f"{row.num_frames} frames, the clip needs {need}"
         if short == "skip":

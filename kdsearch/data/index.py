@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from kdsearch import storage
 from kdsearch.data.frames import FRAME_EXTENSIONS
 from kdsearch.data.layouts import Entry, Listing
+from kdsearch.data.media import printable_name
 from kdsearch.data.probe import MediaInfo, probe_frames, probe_video
 
 INDEX_VERSION = "2"  # 2: the content hash
@@ -132,7 +133,7 @@ def _probe(path: Path, kind: str) -> MediaInfo:
 def _row(entry: Entry, stat: Stat, info: MediaInfo) -> IndexRow:
     return IndexRow(entry.path, entry.label, entry.kind, stat[0], stat[1], info.num_frames,
                     info.fps, info.duration, info.width, info.height, info.rotation,
-                    info.status, info.reason, stat[2])
+                    info.status, printable_name(info.reason), stat[2])
 
 
 def _missing(entry: Entry) -> IndexRow:
@@ -167,7 +168,9 @@ def _stat(path: Path, kind: str) -> Stat | None:
                     size, mtime = size + st.st_size, max(mtime, st.st_mtime_ns)
                     frames.append((item.name, st.st_size))
         frames.sort()
-        names = "\n".join(f"{name} {n}" for name, n in frames).encode()
+        # A frame name that is not UTF-8 hashes by its bytes (it is read like any other).
+        names = "\n".join(f"{name} {n}" for name, n in frames).encode("utf-8",
+                                                                      "surrogateescape")
         sampled = [path / frames[i][0] for i in sorted({0, len(frames) // 2, len(frames) - 1})
                    ] if frames else []
         return size, mtime, content_hash(sampled, names)

@@ -10,6 +10,29 @@ import numpy as np
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
+#: The largest frame kdsearch decodes, in pixels (DCI 4K): a bigger video is skipped by the
+#: probe before any frame of it is decoded. An 8192x8192 video of a few KB would otherwise cost
+#: about 100 MB per decoded frame (some 530 MB per clip).
+MAX_WIDTH, MAX_HEIGHT = 4096, 2160
+MAX_PIXELS = MAX_WIDTH * MAX_HEIGHT
+
+
+def too_large(width: int, height: int) -> str | None:
+    """Why a frame of ``width`` x ``height`` is too large to decode, or None."""
+    if width * height <= MAX_PIXELS:
+        return None
+    return (f"{width}x{height} is larger than the limit of {MAX_PIXELS} pixels per frame "
+            f"({MAX_WIDTH}x{MAX_HEIGHT}); scale it down, e.g. ffmpeg -vf scale=-2:720")
+
+
+def printable_name(name: str) -> str:
+    """``name`` as text that can be printed and stored: bytes of a file name that are not
+    UTF-8 (which Python keeps as surrogates) shown as ``\\xff`` escapes."""
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that no undecodable byte stands for
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 class DecodeError(ValueError):

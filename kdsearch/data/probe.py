@@ -27,9 +27,10 @@ from kdsearch.data.decode import (
     seeked_frames,
 )
 from kdsearch.data.frames import FRAME_EXTENSIONS, list_frames
+from kdsearch.data.media import printable_name, too_large
 
 STATUSES = ("ok", "empty", "not_video", "no_video_stream", "single_frame", "undecodable",
-            "no_frames")
+            "no_frames", "too_large")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,12 @@ class MediaInfo:
 
 def _unusable(status: str, reason: str) -> MediaInfo:
     return MediaInfo(status, reason, 0, None, None, 0, 0, 0)
+
+
+def _oversized(width: int, height: int) -> MediaInfo:
+    """Too many pixels per frame (kdsearch.data.media.MAX_PIXELS); the size is kept."""
+    return MediaInfo("too_large", too_large(width, height) or "", 0, None, None, width, height,
+                     0)
 
 
 def probe_video(path: Path) -> MediaInfo:
@@ -142,6 +149,10 @@ def _probe_container(path: Path, container: InputContainer,
                           for s in container.streams) or "none"
         return _unusable("no_video_stream", f"no video stream (streams: {kinds})")
     stream = container.streams.video[0]
+    # The stream's header gives the frame size: a frame too large is never decoded.
+    codec = stream.codec_context
+    if codec is not None and too_large(codec.width, codec.height):
+        return _oversized(codec.width, codec.height)
     frames = all_frames(container, stream)
     try:
         first = next(frames, None)
@@ -152,6 +163,8 @@ def _probe_container(path: Path, container: InputContainer,
         if logs:
             return _unusable("undecodable", f"no frame decodes ({_log_summary(logs)})")
         return _unusable("no_frames", "the video stream holds no frames")
+    if too_large(first.width, first.height):  # a header without the size
+        return _oversized(first.width, first.height)
     count, remark = _count_frames(path, container, stream, frames)
     rotation = _clockwise(first.rotation)
     width, height = first.width, first.height
@@ -250,11 +263,13 @@ def probe_frames(folder: Path, fps: float | None = None) -> MediaInfo:
         return _unusable("no_frames", f"no image files ({', '.join(FRAME_EXTENSIONS)})")
     try:
         with Image.open(files[0]) as image:
-            width, height = image.size
+            width, height = image.size  # read from the header; nothing decoded yet
+            if too_large(width, height):
+                return _oversized(width, height)
             image.load()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        return _unusable("undecodable", f"first frame {files[0].name} does not decode "
-                                        f"({error})")
+        return _unusable("undecodable", f"first frame {printable_name(files[0].name)} does "
+                                        f"not decode ({printable_name(str(error))})")
     duration = len(files) / fps if fps else None
     if len(files) == 1:
         return MediaInfo("single_frame", "a single frame", 1, fps, duration, width, height, 0)

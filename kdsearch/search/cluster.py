@@ -46,10 +46,38 @@ def init_ray(cfg: SpaceConfig, address: str | None, say: Any = print) -> SpaceCo
         ray.init(address=address, **kwargs)
         where = f"the Ray cluster at {redact(address)}"
     else:
-        ray.init(address="local", include_dashboard=False, **kwargs)
+        _start_local_ray(kwargs)
         where = "a private local Ray"
     say(f"Ray: {where}, {describe_cluster()}")
     return check_placement(_fit_gpus(cfg, say), say)
+
+
+LOOPBACK = ("127.0.0.1", "::1")
+
+
+def _start_local_ray(kwargs: dict[str, Any]) -> None:
+    """Start a private local Ray whose servers (GCS, raylet and object manager, the driver's
+    and every worker's) listen on loopback only (docs/security.md#what-listens-where).
+
+    Ray 2.60 binds them to all interfaces unless the node's address is loopback, and turns
+    an explicit ``_node_ip_address="127.0.0.1"`` into the machine's address; only its
+    macOS/Windows default (``ray_constants.ENABLE_RAY_CLUSTER`` off) keeps the node on
+    127.0.0.1. That flag is read when a node's address is picked, so it is off for this
+    start only. Token authentication is Ray's own default for a local start (2.59 on).
+    """
+    from ray._private import ray_constants  # private: pinned by pyproject's ray bound
+
+    cluster_default = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(address="local", include_dashboard=False, **kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_default
+    node = ray.util.get_node_ip_address()
+    if node not in LOOPBACK:  # a Ray release that picks the address differently
+        ray.shutdown()
+        raise RuntimeError(f"the private local Ray took the address {node}, not loopback: "
+                           "refusing to run with Ray listening on the network")
 
 
 def describe_cluster() -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,13 @@ from kdsearch.search.stopping import AgreementASHA
 from kdsearch.search.teacher_task import teacher_and_cache
 from kdsearch.search.tuner import make_scheduler, make_tuner
 from kdsearch.search.weights import fetch_search_weights
-from kdsearch.storage import join, local_dir, redact, tune_storage
+from kdsearch.storage import (
+    credentials_to_environment,
+    join,
+    local_dir,
+    redact,
+    tune_storage,
+)
 from kdsearch.text import plural, python_command
 from kdsearch.track.callback import MLflowTrials
 from kdsearch.track.publish import publish
@@ -118,7 +125,7 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
     say = say or _say
     start = time.monotonic()
     prior = search_to_resume(cfg, resume) if resume else None
-    as_given = cfg.model_dump(mode="json")  # what --resume compares its space file with
+    as_given = cfg.redacted()  # what --resume compares its space file with
     if prior is None:
         _mention_unfinished(cfg, space_path, say)
         record = SearchRecord(new_search_name(cfg), cfg.experiment.name, None, None,
@@ -128,6 +135,8 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
         record = prior
         say(f"resuming search {prior.name} (started {prior.when}"
             + (f", MLflow run {prior.parent_run_id})" if prior.parent_run_id else ")"))
+    # Before Ray starts: its workers inherit them, Tune's stored state then holds none.
+    credentials_to_environment(cfg.storage)
     try:
         data = _prepare(cfg, say)
         cfg = init_ray(cfg, address, say)
@@ -136,6 +145,9 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
             discard_record(cfg, record)  # bad input: nothing half-written
         raise
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no table-migration chatter
+    # MLflow prints a link per finished run, built from the tracking URI as given (with any
+    # credentials in it); kdsearch prints its own, redacted.
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     mlflow.set_tracking_uri(cfg.tracking_uri)
     client = MlflowClient(cfg.tracking_uri)
     restoring = prior is not None and _tune_saved(cfg, record.name)

@@ -32,7 +32,7 @@ class SearchRecord:
     parent_run_id: str | None
     started: float
     finished: bool
-    config: dict[str, Any]  # the resolved space file the search started with
+    config: dict[str, Any]  # the resolved space file the search started with, redacted
 
     @property
     def when(self) -> str:
@@ -97,9 +97,9 @@ def search_to_resume(cfg: SpaceConfig, which: str) -> SearchRecord:
         raise ConfigError([f"--resume: no unfinished {what} of experiment "
                            f"{cfg.experiment.name!r} in {storage.redact(root)}"])
     record = candidates[0]
-    if record.config != cfg.model_dump(mode="json"):
-        changed = sorted(k for k in record.config
-                         if record.config[k] != cfg.model_dump(mode="json").get(k))
+    given = cfg.redacted()  # as the record holds it: never a credential
+    if record.config != given:
+        changed = sorted(k for k in record.config if record.config[k] != given.get(k))
         raise ConfigError([f"--resume: the space file differs from the one search "
                            f"{record.name} started with (sections: {', '.join(changed)}); "
                            "resume with the same file and --set options"])

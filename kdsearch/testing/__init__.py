@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -103,9 +107,11 @@ def screenshot_runs(server: str, experiment_id: str, expect: list[str], out: Pat
 
 
 @contextlib.contextmanager
-def mlflow_server(store_uri: str, artifacts: Path | None = None) -> Iterator[str]:
+def mlflow_server(store_uri: str, artifacts: Path | None = None, log: Path | None = None
+                  ) -> Iterator[str]:
     """A real ``mlflow server`` on 127.0.0.1 and a free port, over ``store_uri``; yields its
-    URL. ``artifacts``: where it stores artifacts it is sent (a proxied artifact store)."""
+    URL. ``artifacts``: where it stores artifacts it is sent (a proxied artifact store);
+    ``log``: a file for what the server prints (nothing is kept otherwise)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
@@ -113,7 +119,8 @@ def mlflow_server(store_uri: str, artifacts: Path | None = None) -> Iterator[str
                str(port), "--backend-store-uri", store_uri, "--workers", "1"]
     if artifacts is not None:
         command += ["--artifacts-destination", str(artifacts)]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    output = open(log, "w") if log is not None else subprocess.DEVNULL  # noqa: SIM115
+    server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -130,3 +137,35 @@ def mlflow_server(store_uri: str, artifacts: Path | None = None) -> Iterator[str
     finally:
         server.terminate()
         server.wait(timeout=30)
+        if not isinstance(output, int):
+            output.close()
+
+
+def run_until(folder: Path, pattern: str | None, *args: str, env: dict[str, str] | None = None,
+              timeout: float = 300) -> tuple[int, str]:
+    """``python -m kdsearch.run space.yaml ARGS`` in ``folder``, SIGKILLed (no cleanup runs,
+    as when a machine dies) as soon as a line of its output matches ``pattern``; None: let it
+    end. (exit status, everything it printed). A pattern that never comes fails at
+    ``timeout`` instead of hanging."""
+    env = env if env is not None else {k: v for k, v in os.environ.items()
+                                       if k not in ("RAY_ADDRESS", "MLFLOW_RUN_ID")}
+    driver = subprocess.Popen([sys.executable, "-m", "kdsearch.run", "space.yaml", *args],
+                              cwd=folder, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, bufsize=1)
+    assert driver.stdout is not None
+    said = []
+    killer = threading.Timer(timeout, driver.kill)
+    killer.start()
+    try:
+        for line in driver.stdout:
+            said.append(line)
+            if pattern is not None and re.search(pattern, line):
+                driver.send_signal(signal.SIGKILL)
+                break
+        driver.wait()
+    finally:
+        killer.cancel()
+        driver.stdout.close()
+    if pattern is not None and driver.returncode == -signal.SIGKILL:
+        time.sleep(2)  # let the local Ray that died with the driver go
+    return driver.returncode, "".join(said)

@@ -33,6 +33,11 @@ from kdsearch.track.schema import (
     trial_runs,
 )
 
+#: parent run id -> (client, configuration) of the search running in this process: what a
+#: callback unpickled by ``Tuner.restore`` writes with. Neither is ever pickled: the client
+#: holds the tracking URI and the configuration every URI, credentials included.
+_LIVE: dict[str, tuple[MlflowClient, SpaceConfig]] = {}
+
 
 class MLflowTrials(Callback):
     """Tune callback (driver side) that mirrors every trial into a nested MLflow run.
@@ -52,6 +57,16 @@ class MLflowTrials(Callback):
         self.logged: dict[str, int] = {}  # trial id -> last epoch logged
         self.placed: dict[str, tuple[str, ...]] = {}  # trial id -> where its last epoch ran
         self.max_t = cfg.student.epochs
+        _LIVE[parent_id] = (client, cfg)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks into the experiment's tuner.pkl (in storage): no client,
+        # no configuration, so no credential goes with them (self.space is redacted).
+        return {k: v for k, v in self.__dict__.items() if k not in ("client", "cfg")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.client, self.cfg = _LIVE[state["parent_id"]]  # the driver made one first
 
     def get_state(self) -> dict[str, Any]:
         # Saved with Tune's experiment snapshots; MLflow itself stays the source of truth.

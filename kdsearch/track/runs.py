@@ -19,7 +19,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from kdsearch.config import ConfigError, SpaceConfig
-from kdsearch.storage import redact
+from kdsearch.storage import redact, redact_text
 from kdsearch.track.schema import (
     BASELINE_ROLE,
     BEST_RUN,
@@ -132,13 +132,8 @@ def start_child(client: MlflowClient, experiment_id: str, parent_id: str, name: 
 
 
 def redacted_config(cfg: SpaceConfig) -> dict[str, Any]:
-    """The resolved space file with credentials stripped from every location."""
-    raw = cfg.model_dump()
-    raw["storage"] = redact(raw["storage"])
-    raw["data"]["root"] = redact(raw["data"]["root"])
-    if raw["teacher"].get("cache_dir"):
-        raw["teacher"]["cache_dir"] = redact(raw["teacher"]["cache_dir"])
-    return dict(raw)
+    """The resolved space file with credentials stripped from every URI in it."""
+    return cfg.redacted()
 
 
 def start_parent(client: MlflowClient, cfg: SpaceConfig, space_path: Path, search: str
@@ -163,7 +158,9 @@ def start_parent(client: MlflowClient, cfg: SpaceConfig, space_path: Path, searc
                             tags={ROLE: "search", STATUS: Status.RUNNING.value,
                                   SEARCH_NAME: search})
     run_id = run.info.run_id
-    client.log_artifact(run_id, str(space_path))
+    # The space file as written (comments kept), credentials stripped from its URIs.
+    client.log_text(run_id, redact_text(space_path.read_text(encoding="utf-8")),
+                    space_path.name)
     client.log_text(run_id, yaml.safe_dump(redacted_config(cfg), sort_keys=False),
                     RESOLVED_SPACE)
     log_params(client, run_id, {"num_samples": cfg.search.num_samples,
@@ -296,7 +293,7 @@ def record_teacher(client: MlflowClient, cfg: SpaceConfig, data: DatasetSplits,
     teacher_run = start_child(client, experiment_id, parent_id, f"teacher-{cfg.teacher.model}",
                               {ROLE: "teacher", "kdsearch.teacher.reused": str(teacher.reused),
                                "kdsearch.teacher.path": redact(teacher.path)})
-    log_params(client, teacher_run, {**cfg.teacher.model_dump(),
+    log_params(client, teacher_run, {**cfg.redacted()["teacher"],
                                      **fixed_params(cfg, data.classes)})
     log_evaluation(client, teacher_run, teacher.metrics, data.classes)
     if not any(k.startswith("teacher_") for k in parent.data.metrics):
@@ -309,7 +306,7 @@ def ui_address(tracking_uri: str) -> str:
     """Where the MLflow UI of ``tracking_uri`` answers: the tracking server itself, or the
     local ``mlflow ui`` a user starts on a database file (127.0.0.1:5000 by default)."""
     if tracking_uri.startswith(("http://", "https://")):
-        return tracking_uri.rstrip("/")
+        return redact(tracking_uri).rstrip("/")
     return "http://127.0.0.1:5000"
 
 

@@ -133,7 +133,7 @@ def _check(teacher: Path, meta: dict[str, Any] | None) -> str | None:
 def _meta(cfg: SpaceConfig, data: DatasetSplits, metrics: dict[str, Any], seconds: float,
           record: storage.FileRecord) -> dict[str, Any]:
     return {"model": cfg.teacher.model, "metrics": metrics, "seconds": seconds,
-            "teacher": cfg.teacher.model_dump(), "classes": list(data.classes),
+            "teacher": cfg.redacted()["teacher"], "classes": list(data.classes),
             "files": {TEACHER_FILE: record}}
 
 

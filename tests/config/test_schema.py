@@ -29,7 +29,7 @@ from .spaces import problems, write_space
     ({"teacher": None}, "teacher: missing (required)"),
     ({"data.format": "hdf5"}, "data.format: 'hdf5' input should be"),
     ({"data.synthetic.size": 33}, "data.synthetic.size: 33 must be even"),
-    ({"experiment.name": "a b"}, "experiment.name: 'a b' string should match pattern"),
+    ({"experiment.name": "a b"}, "experiment.name: 'a b' must be 1-100 letters, digits"),
     ({"resources.gpus_per_trial": -1}, "resources.gpus_per_trial: -1 input should be greater"),
     ({"search.scheduler": {"name": "asha", "reduction_factor": 1}},
      "search.scheduler.reduction_factor: 1 input should be greater than or equal to 2"),

@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from kdsearch.config.load import load_space
 from kdsearch.search.resume import unfinished_searches
-from kdsearch.testing import TINY_SPACE, write_tiny_space
+from kdsearch.testing import TINY_SPACE, run_until, write_tiny_space
 from kdsearch.text import python_command
 
 
@@ -58,32 +57,13 @@ KILL_POINTS = (
 
 
 def _run_until(folder: Path, pattern: str | None, *args: str) -> str:
-    """``kdsearch.run space.yaml ARGS``; SIGKILLed as soon as a line matches ``pattern`` (None:
-    run to the end, which must succeed). Everything it printed."""
-    driver = subprocess.Popen([sys.executable, "-m", "kdsearch.run", "space.yaml", *args],
-                              cwd=folder, env=_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, bufsize=1)
-    assert driver.stdout is not None
-    said = []
-    killer = threading.Timer(300, driver.kill)  # a stage that never comes fails, not hangs
-    killer.start()
-    try:
-        for line in driver.stdout:
-            said.append(line)
-            if pattern is not None and re.search(pattern, line):
-                driver.kill()  # SIGKILL: no cleanup runs, MLflow runs stay RUNNING
-                break
-        driver.wait()
-    finally:
-        killer.cancel()
-        driver.stdout.close()
-    text = "".join(said)
+    """``kdsearch.run`` killed at ``pattern`` (None: run to the end, which must succeed)."""
+    code, said = run_until(folder, pattern, *args, env=_env())
     if pattern is None:
-        assert driver.returncode == 0, text[-4000:]
+        assert code == 0, said[-4000:]
     else:
-        assert driver.returncode == -signal.SIGKILL, f"not killed at {pattern!r}:\n{text[-4000:]}"
-        time.sleep(2)  # let the local Ray that died with the driver go
-    return text
+        assert code == -signal.SIGKILL, f"not killed at {pattern!r}:\n{said[-4000:]}"
+    return said
 
 
 def test_a_driver_killed_at_every_stage_resumes_to_one_whole_search(tmp_path: Path) -> None:
