@@ -8,6 +8,8 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +30,62 @@ def smoke(script: str, *args: str, timeout: float = 240) -> str:
     return done.stdout
 
 
-def test_cache_smoke(tmp_path: Path) -> None:
-    out = smoke("cache.py", "--root", str(tmp_path / "root"), "--json",
-                str(tmp_path / "cache.json"))
+class Smokes:
+    """Every benchmark's ``--smoke`` below, started together when the first of their tests
+    runs, ``PARALLEL`` at a time: each is a process of its own that spends much of its time
+    starting Ray and waiting on it, so together they take far less wall time than one after
+    another. A test then checks its own smoke's output and files."""
+
+    PARALLEL = 3
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.pool = ThreadPoolExecutor(max_workers=self.PARALLEL)
+        self.runs: dict[str, Future[str]] = {}
+
+    def folder(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir(exist_ok=True)
+        return path
+
+    def start(self, name: str, script: str, *args: str, timeout: float = 240) -> None:
+        self.runs[name] = self.pool.submit(smoke, script, *args, timeout=timeout)
+
+    def output(self, name: str) -> str:
+        return self.runs[name].result()
+
+
+@pytest.fixture(scope="module")
+def smokes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Smokes]:
+    runs = Smokes(tmp_path_factory.mktemp("smokes"))
+    f = runs.folder
+    # The longest first.
+    runs.start("demo_methods", "demo_methods.py", "--workdir", str(f("demo_methods")),
+               "--methods", *DEMO_METHODS, timeout=400)
+    runs.start("overhead", "search_quality.py", "--overhead", "--out", str(f("overhead")))
+    runs.start("cache", "cache.py", "--root", str(f("cache") / "root"), "--json",
+               str(f("cache") / "cache.json"))
+    runs.start("search_quality", "search_quality.py", "--out", str(f("search_quality")),
+               "--json", str(f("search_quality") / "runs.json"), timeout=240)
+    (f("objective") / "parabola_objective.py").write_text(OBJECTIVE_FILE)
+    runs.start("objective", "search_quality.py", "--objective",
+               f"{f('objective') / 'parabola_objective.py'}:Parabola", "--methods",
+               *OBJECTIVE_METHODS, "--seeds", "1", "--out", str(f("objective")), "--json",
+               str(f("objective") / "runs.json"), timeout=240)
+    table = write_curves(f("table") / "curves.parquet", synthetic_curves(), epochs=4)
+    runs.start("table", "search_quality.py", "--table", str(table), "--methods",
+               *TABLE_METHODS, "--seeds", "1", "--out", str(f("table")), "--json",
+               str(f("table") / "runs.json"), timeout=240)
+    runs.start("record_curves", "record_curves.py", "--out",
+               str(f("record_curves") / "curves.parquet"), timeout=240)
+    runs.start("loader", "loader.py", "--root", str(f("loader")))
+    runs.start("sim_objective", "sim_objective.py", timeout=120)
+    yield runs
+    runs.pool.shutdown(wait=True)
+
+
+def test_cache_smoke(smokes: Smokes) -> None:
+    out, tmp_path = smokes.output("cache"), smokes.folder("cache")
     assert re.search(r"^small3d -> tiny3d( +[\d.]+){6}\*? +[\d.]+$", out, re.M), out
     assert "(b) and (c) training losses agree" in out
     saved = json.loads((tmp_path / "cache.json").read_text())
@@ -48,8 +103,8 @@ def test_cache_smoke(tmp_path: Path) -> None:
     assert (tmp_path / "root" / "storage" / "cache").is_dir()
 
 
-def test_loader_smoke(tmp_path: Path) -> None:
-    out = smoke("loader.py", "--root", str(tmp_path))
+def test_loader_smoke(smokes: Smokes) -> None:
+    out, tmp_path = smokes.output("loader"), smokes.folder("loader")
     for side in ("raw PyAV (seek)", "kdsearch loader, video", "raw Pillow",
                  "kdsearch loader, frames", "naive PyAV (from start)"):
         assert re.search(rf"^  {re.escape(side)} +[\d.]+ clips/s   \(all: ", out, re.M), side
@@ -105,12 +160,11 @@ def check_report(tmp_path: Path, name: str, methods: tuple[str, ...], optimum: f
     return saved
 
 
-def test_search_quality_smoke(tmp_path: Path) -> None:
+def test_search_quality_smoke(smokes: Smokes) -> None:
     """The simulated family through the real stack: --smoke's three methods, two seeds."""
     import sim_objective as sim
 
-    out = smoke("search_quality.py", "--out", str(tmp_path), "--json",
-                str(tmp_path / "runs.json"), timeout=120)
+    out, tmp_path = smokes.output("search_quality"), smokes.folder("search_quality")
     lines = run_lines(out, SMOKE_METHODS, (0, 1))
     # kdsearch's searcher never tells Optuna COMPLETE for a trial a scheduler stopped early.
     assert all("(0 before max_t)" in lines[f"default {seed}"] for seed in (0, 1))
@@ -166,20 +220,20 @@ def synthetic_curves(configs: int = 12, seeds: int = 2, epochs: int = 4
     return rows
 
 
-def test_search_quality_table_smoke(tmp_path: Path) -> None:
+TABLE_METHODS = ("random-full", "asha", "agreement")
+
+
+def test_search_quality_table_smoke(smokes: Smokes) -> None:
     """A recorded table (here synthetic) through the real stack, agreement's noise margin
     from the table's validation count."""
-    rows = synthetic_curves()
-    table = write_curves(tmp_path / "curves.parquet", rows, epochs=4)
+    rows = synthetic_curves()  # the smoke's table (the same seed)
     finals: dict[int, list[float]] = {}
     for row in rows:
         if row["epoch"] == 4:
             finals.setdefault(row["config"], []).append(row["val_acc"])
     optimum = max(sum(v) / len(v) for v in finals.values())
-    methods = ("random-full", "asha", "agreement")
-    out = smoke("search_quality.py", "--table", str(table), "--methods", *methods, "--seeds",
-                "1", "--out", str(tmp_path), "--json", str(tmp_path / "runs.json"),
-                timeout=120)
+    methods = TABLE_METHODS
+    out, tmp_path = smokes.output("table"), smokes.folder("table")
     run_lines(out, methods, (0,))
     assert re.search(r"^objective curves: val_acc \(max\), 4 epochs per trial, optimum "
                      rf"{optimum:.4f} at alpha ", out, re.M), out
@@ -206,14 +260,13 @@ class Parabola:
 '''
 
 
-def test_search_quality_objective_file_smoke(tmp_path: Path) -> None:
+OBJECTIVE_METHODS = ("optuna-asha", "hyperband", "random-asha")
+
+
+def test_search_quality_objective_file_smoke(smokes: Smokes) -> None:
     """Any object with the objective's attributes, from a file, in the trial processes too."""
-    (tmp_path / "parabola_objective.py").write_text(OBJECTIVE_FILE)
-    methods = ("optuna-asha", "hyperband", "random-asha")
-    out = smoke("search_quality.py", "--objective",
-                f"{tmp_path / 'parabola_objective.py'}:Parabola", "--methods", *methods,
-                "--seeds", "1", "--out", str(tmp_path), "--json", str(tmp_path / "runs.json"),
-                timeout=120)
+    methods = OBJECTIVE_METHODS
+    out, tmp_path = smokes.output("objective"), smokes.folder("objective")
     run_lines(out, methods, (0,))
     assert re.search(r"^objective parabola: val_loss \(min\), 3 epochs per trial, optimum "
                      r"0\.1000;", out, re.M)
@@ -331,21 +384,23 @@ def test_search_quality_ledger(monkeypatch: pytest.MonkeyPatch) -> None:
     assert ledger.done() and len(ledger.regrets) == 6
 
 
-def test_search_quality_overhead_smoke(tmp_path: Path) -> None:
-    out = smoke("search_quality.py", "--overhead", "--out", str(tmp_path))
+def test_search_quality_overhead_smoke(smokes: Smokes) -> None:
+    out, tmp_path = smokes.output("overhead"), smokes.folder("overhead")
     assert re.search(r"^faster: reuse_actors=(True|False) ", out, re.M)
     page = (tmp_path / "search_quality_overhead.md").read_text()
     assert re.search(r"^\| True \| [\d.]+ / [\d.]+ / [\d.]+ \|", page, re.M)
     assert re.search(r"^\| False \| [\d.]+ / [\d.]+ / [\d.]+ \|", page, re.M)
 
 
-def test_demo_methods_smoke(tmp_path: Path) -> None:
-    # Ray's stock feedback, the one method that swaps the searcher run_search builds (the
-    # others differ only in space-file settings, which search_quality's smokes and every
-    # real search of the suite cover).
-    methods = ("optuna+asha",)
-    out = smoke("demo_methods.py", "--workdir", str(tmp_path), "--methods", *methods,
-                timeout=400)
+# Ray's stock feedback, the one method that swaps the searcher run_search builds (the others
+# differ only in space-file settings, which search_quality's smokes and every real search of
+# the suite cover).
+DEMO_METHODS = ("optuna+asha",)
+
+
+def test_demo_methods_smoke(smokes: Smokes) -> None:
+    methods = DEMO_METHODS
+    out, tmp_path = smokes.output("demo_methods"), smokes.folder("demo_methods")
     assert re.search(r"^optuna\+asha: \d+ s, StockFeedbackOptunaSearch told Optuna COMPLETE",
                      out, re.M)
     rows = {row.split(" | ")[0][2:]: row.strip("| ").split(" | ")
@@ -359,8 +414,8 @@ def test_demo_methods_smoke(tmp_path: Path) -> None:
     assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "optuna-asha.log").is_file()
 
 
-def test_sim_objective_smoke() -> None:
-    out = smoke("sim_objective.py", timeout=60)
+def test_sim_objective_smoke(smokes: Smokes) -> None:
+    out = smokes.output("sim_objective")
     assert re.search(r"^ +optimum 0\.8799$", out, re.M)
     assert re.search(r"^ +best_tiny3d_wide 0\.8799$", out, re.M)
 
@@ -435,11 +490,11 @@ def test_stock_feedback_counts_stopped_trials_complete(ray_local: None, tmp_path
     assert [t.state for t in searcher.study.trials] == [TrialState.COMPLETE] * 8  # ... yet
 
 
-def test_record_curves_smoke(tmp_path: Path) -> None:
+def test_record_curves_smoke(smokes: Smokes) -> None:
     import pyarrow.parquet as pq
 
+    printed, tmp_path = smokes.output("record_curves"), smokes.folder("record_curves")
     out = tmp_path / "curves.parquet"
-    printed = smoke("record_curves.py", "--out", str(out), timeout=180)
     table = pq.read_table(out)
     rows = table.to_pylist()
     # 3 configurations of 2 epochs, the first again with one more training seed.

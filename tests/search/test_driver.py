@@ -27,7 +27,9 @@ def run_cli(folder: Path, *args: str) -> subprocess.CompletedProcess:
                           cwd=folder, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_search_records_every_trial_in_mlflow(tmp_path: Path) -> None:
+def test_search_records_every_trial_in_mlflow(ray_local: None, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
     search = {**TINY_SPACE["search"], "num_samples": 4}
     write_tiny_space(tmp_path, search=search)
     proc = run_cli(tmp_path)
@@ -95,11 +97,16 @@ def test_search_records_every_trial_in_mlflow(tmp_path: Path) -> None:
     assert {"space.yaml", "resolved_space.yaml"} <= artifacts
     assert (tmp_path / "mlartifacts" / "tiny").is_dir() and not (tmp_path / "mlruns").exists()
 
-    # A second search on the same data and teacher settings reuses both.
-    again = run_cli(tmp_path, "--set", "search.num_samples=1")
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "teacher small3d: reusing" in again.stdout
-    assert "cache: reusing" in again.stdout
+    # A second search on the same data and teacher settings reuses both (here in this
+    # process, on this session's Ray: the command line was checked above).
+    from kdsearch.run import main
+
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["space.yaml", "--set", "search.num_samples=1"]) == 0
+    again = capsys.readouterr().out
+    assert "teacher small3d: reusing" in again
+    assert "cache: reusing" in again
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     parents = mlflow.search_runs(experiment_names=["tiny"],
                                  filter_string="tags.`kdsearch.role` = 'search'")
