@@ -169,3 +169,14 @@ def run_until(folder: Path, pattern: str | None, *args: str, env: dict[str, str]
     if pattern is not None and driver.returncode == -signal.SIGKILL:
         time.sleep(2)  # let the local Ray that died with the driver go
     return driver.returncode, "".join(said)
+
+
+def wait_for_each_other(ready: Path, count: int = 2, timeout: float = 120) -> None:
+    """A barrier between test processes that must overlap: each marks itself ready in the
+    folder ``ready``, then waits until ``count`` have (or exits after ``timeout``)."""
+    (ready / str(os.getpid())).touch()
+    deadline = time.monotonic() + timeout
+    while len(list(ready.iterdir())) < count:
+        if time.monotonic() > deadline:
+            sys.exit("the other process never got ready")
+        time.sleep(0.01)

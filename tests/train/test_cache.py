@@ -171,6 +171,7 @@ from pathlib import Path
 from kdsearch.train import cache
 from kdsearch.data.dataset import load_dataset
 from kdsearch.config.load import load_space
+from kdsearch.testing import wait_for_each_other
 folder, teacher, ready = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 cfg = load_space(folder / "space.yaml", ["storage=store2"], cwd=folder)
 data = load_dataset(cfg.data, cfg.student.clip, folder / "idx", log=lambda _: None)
@@ -180,12 +181,7 @@ def slow_build(*args, **kwargs):
     time.sleep(2)
     build(*args, **kwargs)
 cache._build = slow_build
-(ready / str(os.getpid())).touch()
-deadline = time.monotonic() + 120
-while len(list(ready.iterdir())) < 2:
-    if time.monotonic() > deadline:
-        sys.exit("the other search never got ready")
-    time.sleep(0.01)
+wait_for_each_other(ready)
 cache.prepare_cache(cfg, data, teacher, log=print)
 """
 

@@ -148,12 +148,8 @@ else:  # two at once: wait for each other, then the trainer takes 2 s longer
         time.sleep(1)
         return finetune(*args, **kwargs)
     teacher._finetune = slow
-    (ready / str(os.getpid())).touch()
-    deadline = time.monotonic() + 120
-    while len(list(ready.iterdir())) < 2:
-        if time.monotonic() > deadline:
-            sys.exit("the other search never got ready")
-        time.sleep(0.01)
+    from kdsearch.testing import wait_for_each_other
+    wait_for_each_other(ready)
 teacher.prepare_teacher(cfg, data, log=lambda line: print(line, flush=True))
 """
 
