@@ -70,14 +70,20 @@ def name(location: str | os.PathLike[str]) -> str:
 
 def redact(location: str | os.PathLike[str]) -> str:
     """``location`` safe to print and log: user info and secret query values removed."""
-    location = str(location)
+    return _credentials_out(str(location), mask=True)
+
+
+def _credentials_out(location: str, mask: bool) -> str:
+    """``location`` without its user info and with its secret query values masked (``mask``)
+    or left out."""
     if not is_uri(location):
         return location
     split = urllib.parse.urlsplit(location)
     netloc = split.netloc.rpartition("@")[2]
     pairs = urllib.parse.parse_qsl(split.query, keep_blank_values=True)
-    query = [(k, _REDACTED if any(w in k.lower() for w in _SECRET_WORDS) else v)
-             for k, v in pairs]
+    secret = [any(w in k.lower() for w in _SECRET_WORDS) for k, _ in pairs]
+    query = ([(k, _REDACTED if hide else v) for (k, v), hide in zip(pairs, secret, strict=True)]
+             if mask else [pair for pair, hide in zip(pairs, secret, strict=True) if not hide])
     if netloc == split.netloc and query == pairs:
         return location  # nothing to hide (and urlunsplit would turn sqlite://// into //)
     return urllib.parse.urlunsplit(split._replace(
@@ -137,16 +143,7 @@ def tune_storage(storage: str | os.PathLike[str]) -> tuple[str, pafs.FileSystem 
 def without_credentials(location: str) -> str:
     """``location`` with its user info and secret query values left out (not masked: a
     working URI whose credentials come from the environment)."""
-    if not is_uri(location):
-        return location
-    split = urllib.parse.urlsplit(location)
-    netloc = split.netloc.rpartition("@")[2]
-    pairs = urllib.parse.parse_qsl(split.query, keep_blank_values=True)
-    query = [(k, v) for k, v in pairs if not any(w in k.lower() for w in _SECRET_WORDS)]
-    if netloc == split.netloc and query == pairs:
-        return location
-    return urllib.parse.urlunsplit(split._replace(
-        netloc=netloc, query=urllib.parse.urlencode(query, safe=":/")))
+    return _credentials_out(location, mask=False)
 
 
 def credentials_to_environment(location: str) -> bool:

@@ -74,11 +74,7 @@ def cache_estimate(cfg: SpaceConfig) -> CacheEstimate | None:
     if counts is None:
         return None
     train, val, classes = counts
-    clip = cfg.student.clip
-    clip_bytes = 3 * clip.num_frames * clip.crop_size ** 2
-    rows = train * cfg.teacher.cache_views
-    needed = (rows + val * cfg.student.val_clips_per_video) * clip_bytes
-    needed += rows * classes * 4 + OVERHEAD
+    needed = cache_bytes(cfg, train, val, classes)
     root = cfg.teacher.cache_dir or storage.join(cfg.storage, "cache")
     # A cache for a URI is built on this node's disk and uploaded (kdsearch.train.cache).
     folder = storage.node_local_root() if storage.is_uri(root) else Path(root)
@@ -86,6 +82,17 @@ def cache_estimate(cfg: SpaceConfig) -> CacheEstimate | None:
                          cfg.student.val_clips_per_video, classes, folder,
                          shutil.disk_usage(_existing(folder)).free,
                          None if storage.is_uri(root) else _reusable(folder, cfg, classes))
+
+
+def cache_bytes(cfg: SpaceConfig, train: int, val: int, classes: int) -> int:
+    """The size of the clip cache of ``train`` and ``val`` videos: every stored clip (the
+    student's, uint8), the teacher's logits (float32) and ``OVERHEAD`` for headers and meta;
+    the estimate before a search and the check before a build (kdsearch.train.cache)."""
+    clip = cfg.student.clip
+    clip_bytes = 3 * clip.num_frames * clip.crop_size ** 2
+    rows = train * cfg.teacher.cache_views
+    return ((rows + val * cfg.student.val_clips_per_video) * clip_bytes + rows * classes * 4
+            + OVERHEAD)
 
 
 def _video_counts(cfg: SpaceConfig) -> tuple[int, int, int] | None:

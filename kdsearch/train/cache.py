@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from kdsearch import storage
 from kdsearch.config import SpaceConfig, teacher_clip
+from kdsearch.config.disk import cache_bytes
 from kdsearch.data.dataset import DatasetSplits
 from kdsearch.data.video import PairedClipDataset, VideoClipDataset, VideoRecord
 from kdsearch.models.checkpoints import load_teacher
@@ -148,12 +149,7 @@ def _build_locked(root: Path, key: str, cfg: SpaceConfig, data: DatasetSplits,
 
 
 def _needed_bytes(cfg: SpaceConfig, data: DatasetSplits) -> int:
-    """The cache's size: every clip's bytes, the logits, and 1 MiB for headers and meta."""
-    clip = cfg.student.clip
-    clip_bytes = 3 * clip.num_frames * clip.crop_size ** 2
-    train = len(data.train) * cfg.teacher.cache_views
-    val = len(data.val) * cfg.student.val_clips_per_video
-    return (train + val) * clip_bytes + train * len(data.classes) * 4 + (1 << 20)
+    return cache_bytes(cfg, len(data.train), len(data.val), len(data.classes))
 
 
 def verify(folder: Path, *, full: bool = False) -> str | None:
