@@ -6,6 +6,9 @@
   "schedule", "settings" (the trial's searchable settings, ``backbone`` among them),
   "classes"}``.
 
+- A released student, ``model.pt`` (what the Model Registry holds): ``{"format": 1, "model":
+  registry name, "classes": [...], "clip": {"num_frames", "stride", "crop_size"},
+  "state_dict": ...}``.
 - An unfinished teacher's last epoch, ``partial/last.pt``: ``{"epoch", "epochs", "model",
   "optimizer", "schedule", "rng", "loader_rng", "history" (each epoch's metrics)}``, to resume
   the fine-tuning from (kdsearch.train.teacher).
@@ -32,6 +35,8 @@ TEACHER_FILE = "teacher.pt"
 TEACHER_META = "meta.json"
 STUDENT_FILE = "student.pt"
 PARTIAL_FILE = "last.pt"
+RELEASE_FILE = "model.pt"
+RELEASE_FORMAT = 1
 
 
 def _save(obj: Mapping[str, Any], path: Path, *, digest: bool = False) -> storage.FileRecord:
@@ -91,6 +96,33 @@ def load_student(folder: Path, num_classes: int) -> Normalized:
     student = build_model(state["settings"]["backbone"], num_classes, "none", "student")
     student.load_state_dict(state["student"])
     return student.eval()
+
+
+def save_release(path: Path, *, model: str, classes: Sequence[str], clip: Mapping[str, int],
+                 state_dict: Mapping[str, torch.Tensor]) -> storage.FileRecord:
+    """Write a student for release (no optimizer, no schedule): the registry name that builds
+    it, its classes and input clip, its weights; returns its record (size, SHA-256)."""
+    return _save({"format": RELEASE_FORMAT, "model": model, "classes": list(classes),
+                  "clip": dict(clip), "state_dict": dict(state_dict)}, path, digest=True)
+
+
+def read_release(path: Path) -> tuple[Normalized, dict[str, Any]]:
+    """The student :func:`save_release` wrote, on the CPU in eval mode, and what else the file
+    says (``model``, ``classes``, ``clip``). Only tensors and plain data are read
+    (``weights_only=True``); a file that is not a release raises ``ValueError``."""
+    try:
+        saved = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a damaged file or a pickle that is not plain data
+        raise ValueError(f"{path}: not a kdsearch model file "
+                         f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
+    if not isinstance(saved, dict) or saved.get("format") != RELEASE_FORMAT:
+        raise ValueError(f"{path}: not a kdsearch model file (format "
+                         f"{saved.get('format') if isinstance(saved, dict) else None!r}, "
+                         f"expected {RELEASE_FORMAT})")
+    student = build_model(saved["model"], len(saved["classes"]), "none", "student")
+    student.load_state_dict(saved["state_dict"])
+    info = {key: saved[key] for key in ("model", "classes", "clip")}
+    return student.eval(), info
 
 
 def save_partial(folder: Path, state: Mapping[str, Any]) -> None:

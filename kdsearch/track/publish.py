@@ -1,30 +1,34 @@
 """What a finished search leaves in MLflow besides the per-epoch records.
 
 The parent run gets the table of all trials and the plots (``report/``); the best
-``tracking.top_k`` trials keep their student checkpoint; the best student is logged with
-``mlflow.pytorch.log_model`` and registered in the Model Registry. Every step can run twice
-(a resumed search that crashed while publishing) without recording anything twice.
+``tracking.top_k`` trials keep their student checkpoint; the best student is logged as
+weights and plain data (:mod:`kdsearch.track.model`) and registered in the Model Registry.
+Every step can run twice (a resumed search that crashed while publishing) without recording
+anything twice.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib.metadata
-import io
-import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import mlflow
-import numpy as np
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from kdsearch.config import SpaceConfig, searched_values, trial_student
 from kdsearch.models import Normalized
 from kdsearch.models.checkpoints import STUDENT_FILE, load_student
+from kdsearch.track.model import (
+    MODEL_NAME,
+    RUN_SHA_TAG,
+    SHA_TAG,
+    log_student,
+    quiet,
+    write_release,
+)
 from kdsearch.track.report import (
     SearchFacts,
     TrialRecord,
@@ -40,8 +44,6 @@ from kdsearch.track.schema import (
     kd_gain_of,
     trial_runs,
 )
-
-MODEL_NAME = "student"  # the logged model's name inside the best trial's run
 
 
 def publish(client: MlflowClient, cfg: SpaceConfig, classes: tuple[str, ...],
@@ -203,7 +205,7 @@ def register_best(client: MlflowClient, cfg: SpaceConfig, classes: tuple[str, ..
         logged = client.search_logged_models(
             [run.info.experiment_id],
             filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL_NAME}'")
-        with _quiet("mlflow"), contextlib.redirect_stdout(io.StringIO()):
+        with quiet():
             if logged:  # logged before the interruption, not registered yet
                 version = str(mlflow.register_model(f"models:/{logged[0].model_id}",
                                                     name).version)
@@ -215,6 +217,9 @@ def register_best(client: MlflowClient, cfg: SpaceConfig, classes: tuple[str, ..
     tags = {"val_metric": cfg.search.metric, "value": value, "teacher": cfg.teacher.model,
             **{key: str(setting) for key, setting in settings.items()},
             "trial_id": best.trial_id, "experiment": cfg.experiment.name}
+    sha = client.get_run(run_id).data.tags.get(RUN_SHA_TAG)
+    if sha:
+        tags[SHA_TAG] = sha
     for key, text in tags.items():
         client.set_model_version_tag(name, version, key, text)
     client.set_tag(run_id, "kdsearch.registered_model", f"{name}/{version}")
@@ -223,41 +228,14 @@ def register_best(client: MlflowClient, cfg: SpaceConfig, classes: tuple[str, ..
 
 def _log_student(best: TrialRow, cfg: SpaceConfig, classes: tuple[str, ...],
                  name: str) -> str:
-    """``mlflow.pytorch.log_model`` into the best trial's run, registered as ``name``."""
+    """The best trial's student, logged into its run as model ``student`` (weights and plain
+    data: :mod:`kdsearch.track.model`) and registered as ``name``; returns the version."""
+    assert best.run_id is not None
     student = checkpoint_student(best, len(classes))
-    clip = cfg.student.clip
-    # A float clip in [0, 1], (batch, channels, frames, height, width); the model normalises.
-    example = np.random.default_rng(0).random(
-        (1, 3, clip.num_frames, clip.crop_size, clip.crop_size), dtype=np.float32)
-    # pickle: load_model gives back the kdsearch module itself (pt2, MLflow's default, gives
-    # a torch.export graph). The requirements are named so that MLflow does not load the
-    # model in a subprocess to guess them. MLflow's chatter (a pickle warning, registry
-    # prints) is kept off the search's output; failures still raise.
-    with (mlflow.start_run(run_id=best.run_id), contextlib.redirect_stderr(io.StringIO())):
-        info = mlflow.pytorch.log_model(
-            student, name=MODEL_NAME, input_example=example, serialization_format="pickle",
-            registered_model_name=name, pip_requirements=_requirements(),
-            metadata={"classes": list(classes), "clip": clip.model_dump(),
-                      "input": "float32 clips in [0, 1], shape (N, 3, frames, height, width)"})
-    return str(info.registered_model_version)
-
-
-@contextlib.contextmanager
-def _quiet(logger: str) -> Iterator[None]:
-    log = logging.getLogger(logger)
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
-
-
-def _requirements() -> list[str]:
-    found = []
-    for package in ("torch", "torchvision", "pytorchvideo", "numpy"):
-        try:
-            found.append(f"{package}=={importlib.metadata.version(package).split('+')[0]}")
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return found
+    backbone = str(trial_student(cfg.student, best.config).backbone)
+    clip = cfg.student.clip.model_dump()
+    with tempfile.TemporaryDirectory(prefix="kdsearch-release-") as tmp:
+        data, sha = write_release(Path(tmp), student, backbone, classes, clip)
+        MlflowClient().set_tag(best.run_id, RUN_SHA_TAG, sha)  # before the artifact exists
+        with mlflow.start_run(run_id=best.run_id):
+            return str(log_student(data, sha, classes, clip, name))

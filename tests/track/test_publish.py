@@ -144,8 +144,9 @@ def test_the_runs_page_renders_in_chromium(searched: dict[str, Any], server: str
     assert shot.stat().st_size > 20_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_the_registered_student_predicts_like_its_checkpoint(searched: dict[str, Any]
-                                                             ) -> None:
+def test_the_registered_student_predicts_like_its_checkpoint_and_needs_no_pickle(
+        searched: dict[str, Any], no_pickle: None) -> None:
+    import kdsearch
     from kdsearch.models import build_model
 
     outcome, cfg = searched["outcome"], searched["cfg"]
@@ -155,10 +156,13 @@ def test_the_registered_student_predicts_like_its_checkpoint(searched: dict[str,
     assert version.tags["teacher"] == "small3d"
     assert float(version.tags["alpha"]) == pytest.approx(outcome.best.config["alpha"])
     assert float(version.tags["value"]) == pytest.approx(outcome.best.value, abs=1e-4)
+    assert len(version.tags["sha256"]) == 64
     assert any("registered as tiny-student version 1" in line for line in searched["said"])
 
-    mlflow.set_tracking_uri(searched["store"])
-    loaded = mlflow.pytorch.load_model(f"models:/tiny-student/{version.version}")
+    uri = f"models:/tiny-student/{version.version}"
+    loaded = kdsearch.load_student(uri, tracking_uri=searched["store"])  # pickle refused
+    assert loaded.classes == ("dribble", "kick", "run", "walk")
+    assert loaded.backbone == outcome.best.config["backbone"]
     folder = client.download_artifacts(outcome.best.run_id, "checkpoint",
                                        str(searched["folder"] / "download"))
     state = torch.load(Path(folder) / "student.pt", map_location="cpu", weights_only=True)
@@ -168,7 +172,12 @@ def test_the_registered_student_predicts_like_its_checkpoint(searched: dict[str,
     clips = torch.from_numpy(np.random.default_rng(1).random(
         (3, 3, clip.num_frames, clip.crop_size, clip.crop_size), dtype=np.float32))
     with torch.no_grad():
-        torch.testing.assert_close(loaded.eval()(clips), student.eval()(clips))
+        torch.testing.assert_close(loaded(clips), student.eval()(clips))
+    mlflow.set_tracking_uri(searched["store"])
+    served = mlflow.pyfunc.load_model(uri)  # what `mlflow models serve` loads, pickle refused
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(served.predict(clips.numpy())),
+                                   student(clips))
 
 
 def test_best_exports_a_space_file_that_trains(searched: dict[str, Any],
@@ -203,7 +212,9 @@ def test_registering_repairs_an_interrupted_publish(searched: dict[str, Any]) ->
     """A driver killed inside publish left the student logged but unregistered and its run
     reopened: the resumed search registers that model (not a second one) and closes the run;
     a third attempt changes nothing."""
-    from kdsearch.track.publish import MODEL_NAME, register_best
+    from kdsearch.models import build_model
+    from kdsearch.track.model import RUN_SHA_TAG, load_student, log_student, write_release
+    from kdsearch.track.publish import register_best
 
     outcome, cfg = searched["outcome"], searched["cfg"]
     cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(
@@ -211,20 +222,26 @@ def test_registering_repairs_an_interrupted_publish(searched: dict[str, Any]) ->
     row = [r for r in outcome.rows if r.status == "completed"][1]
     client = MlflowClient(searched["store"])
     mlflow.set_tracking_uri(searched["store"])
+    classes = tuple(cfg.data.classes or ("dribble", "kick", "run", "walk"))
+    clip = cfg.student.clip.model_dump()
+    data, sha = write_release(searched["folder"] / "repair",
+                              build_model("tiny3d", len(classes), "none", "student"),
+                              "tiny3d", classes, clip)
+    client.set_tag(row.run_id, RUN_SHA_TAG, sha)  # as publishing does before logging
     with mlflow.start_run(run_id=row.run_id):
-        mlflow.pytorch.log_model(torch.nn.Linear(2, 2), name=MODEL_NAME,
-                                 serialization_format="pickle", pip_requirements=["torch"])
+        assert log_student(data, sha, classes, clip, None) is None  # logged, not registered
     client.update_run(row.run_id, status="RUNNING")  # as the kill left it
 
     def logged() -> list[Any]:
         return list(client.search_logged_models(
             [outcome.experiment_id], filter_string=f"source_run_id = '{row.run_id}'"))
 
-    classes = tuple(cfg.data.classes or ("dribble", "kick", "run", "walk"))
     assert register_best(client, cfg, classes, row) == (
         "best student: registered as tiny-repair version 1")
     assert len(logged()) == 1 and client.get_run(row.run_id).info.status == "FINISHED"
     assert register_best(client, cfg, classes, row) == (
         "best student: already registered as tiny-repair version 1")
     assert len(logged()) == 1
-    assert len(client.search_model_versions("name = 'tiny-repair'")) == 1
+    (version,) = client.search_model_versions("name = 'tiny-repair'")
+    assert version.tags["sha256"] == sha
+    assert load_student("models:/tiny-repair/1", tracking_uri=searched["store"]).classes == classes
