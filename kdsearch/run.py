@@ -113,6 +113,30 @@ def print_outcome(outcome: object, cfg: SpaceConfig) -> None:
               f"{cfg.experiment.name}{uri}")
 
 
+def _dry_run_constraints(cfg: SpaceConfig) -> int:
+    """With ``search.constraints``: each backbone's cost on this machine, and exit 2 when none
+    meets the limits (what the search itself would refuse)."""
+    if not cfg.search.constraints.limits():
+        return 0
+    from kdsearch.data.dataset import known_class_count
+    from kdsearch.models.cost import check_constraints
+
+    try:
+        costs = check_constraints(cfg, known_class_count(cfg.data))
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print("\nstudent cost on this machine's CPU (batch 1):")
+    for name, cost in costs.items():
+        exceeded = cfg.search.constraints.violations(cost)
+        print(f"  {name}: {cost['student_params'] / 1e6:.2f} M params, "
+              f"{cost['student_gflops']:.3g} GFLOPs, {cost['latency_ms']:.3g} ms, "
+              f"{cost['cpu_latency_ms']:.3g} ms on one thread: "
+              + (f"exceeds {', '.join(exceeded)}" if exceeded else "meets the constraints"))
+    return 0
+
+
 def _default_uri() -> str:
     return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
@@ -144,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {too_big}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.dry_run:
-        return 0
+        return _dry_run_constraints(cfg)
     from kdsearch.search.driver import run_search
 
     try:

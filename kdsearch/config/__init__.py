@@ -10,6 +10,8 @@ functions that check names and folders. Never torch or Ray at import.
 from kdsearch.config.checks import format_validation_error, search_space_problems
 from kdsearch.config.load import final_space, load_space, teacher_clip
 from kdsearch.config.schema import (
+    COST_METRICS,
+    INFEASIBLE,
     PRETRAINED,
     SEARCHABLE,
     Agreement,
@@ -17,6 +19,7 @@ from kdsearch.config.schema import (
     Choice,
     Clip,
     ConfigError,
+    Constraints,
     Data,
     Experiment,
     HyperBand,
@@ -38,7 +41,8 @@ from kdsearch.config.schema import (
 )
 
 __all__ = [
-    "PRETRAINED", "SEARCHABLE", "Agreement", "Asha", "Choice", "Clip", "ConfigError", "Data",
+    "COST_METRICS", "INFEASIBLE", "PRETRAINED", "SEARCHABLE", "Agreement", "Asha", "Choice", "Clip",
+    "ConfigError", "Constraints", "Data",
     "Experiment", "HyperBand", "IntRange", "LogUniform", "Median", "NoScheduler", "Pretrain",
     "Resources",
     "Search", "SpaceConfig", "Student", "Teacher", "Tracking", "Uniform", "WarmStart",

@@ -342,6 +342,50 @@ class WarmStart(_Model):
     tracking_uri: Location | None = None  # None: this search's tracking.uri
 
 
+#: What a trial measures of its student before training (kdsearch.models.cost), logged as
+#: metrics of its run: the parameter count, GFLOPs of one clip, batch-1 latency on the
+#: trial's device (median and 90th percentile) and on the CPU with one thread.
+COST_METRICS = ("student_params", "student_gflops", "latency_ms", "latency_p90_ms",
+                "cpu_latency_ms")
+
+#: The result key of a trial whose student exceeds ``search.constraints`` (its value: the
+#: limits exceeded); such a trial reports once, untrained, and ends as ``infeasible``.
+INFEASIBLE = "infeasible"
+
+PositiveLimit = Annotated[float, Field(gt=0, le=1e9)]
+
+
+class Constraints(_Model):
+    """Limits a student must meet, checked before it trains: ``latency_ms`` on the trial's own
+    device (a GPU when ``resources.gpus_per_trial`` > 0, else its CPUs), ``cpu_latency_ms``
+    on one CPU thread, ``params_m`` in millions of parameters, ``gflops`` per clip."""
+
+    latency_ms: PositiveLimit | None = None
+    cpu_latency_ms: PositiveLimit | None = None
+    params_m: PositiveLimit | None = None
+    gflops: PositiveLimit | None = None
+
+    def limits(self) -> dict[str, tuple[str, float, float]]:
+        """name -> (the cost metric it limits, the limit, the metric's scale to the name's
+        unit), for the limits set."""
+        scales = {"latency_ms": ("latency_ms", 1.0), "cpu_latency_ms": ("cpu_latency_ms", 1.0),
+                  "params_m": ("student_params", 1e-6), "gflops": ("student_gflops", 1.0)}
+        return {name: (scales[name][0], limit, scales[name][1])
+                for name, limit in self.model_dump().items() if limit is not None}
+
+    def values(self, cost: Mapping[str, float]) -> list[float]:
+        """Optuna's constraint values for a student of ``cost``: one per limit set, the
+        amount over it (<= 0 when met)."""
+        return [cost[metric] * scale - limit
+                for metric, limit, scale in self.limits().values()]
+
+    def violations(self, cost: Mapping[str, float]) -> list[str]:
+        """Each limit ``cost`` exceeds, as ``"latency_ms 31.2 > 20"``."""
+        return [f"{name} {cost[metric] * scale:.4g} > {limit:g}"
+                for name, (metric, limit, scale) in self.limits().items()
+                if cost[metric] * scale > limit]
+
+
 class Search(_Model):
     space: dict[str, Distribution] = {}
     num_samples: Annotated[int, Field(ge=1, le=MAX_TRIALS)] = 12
@@ -357,6 +401,9 @@ class Search(_Model):
     points_to_evaluate: Annotated[list[dict[str, str | int | float | bool]],
                                   Field(max_length=MAX_POINTS)] = []
     warm_start: WarmStart | None = None
+    # Limits on the student's cost: a trial that exceeds one ends as infeasible before it
+    # trains, and never wins.
+    constraints: Constraints = Constraints()
 
     @model_validator(mode="before")
     @classmethod

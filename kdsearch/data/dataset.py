@@ -79,6 +79,18 @@ def prepare_data(data: Data, log: Log | None = None) -> Path:
     return root
 
 
+def known_class_count(data: Data) -> int | None:
+    """How many classes ``data`` has, when that is known before the data are read: the
+    listed ``data.classes`` or the synthetic set's; None otherwise."""
+    if data.classes:
+        return len(data.classes)
+    if data.format == "synthetic":
+        from kdsearch.data.synthetic import SYNTHETIC_CLASSES
+
+        return len(SYNTHETIC_CLASSES)
+    return None
+
+
 def data_root(data: Data) -> Path:
     """The local folder of ``data.root``: the folder itself, or for a URI (``s3://...``) a
     copy on this node's disk, made once per node and reused while the remote is unchanged

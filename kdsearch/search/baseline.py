@@ -157,7 +157,7 @@ def _train(ctx: TrialContext, sampled: Mapping[str, Any], seed: int) -> dict[str
     torch.set_num_threads(max(1, int(ctx.cfg.resources.cpus_per_trial)))
     last: dict[str, Any] = {}
 
-    def report(metrics: dict[str, Any], checkpoint_dir: Path) -> None:
+    def report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         last.clear()  # no checkpoint is kept: a failed run is retried from the start
         last.update(metrics)
 

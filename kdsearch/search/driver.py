@@ -16,7 +16,13 @@ from optuna.trial import FrozenTrial
 from ray import tune
 
 from kdsearch.config import ConfigError, SpaceConfig
-from kdsearch.data.dataset import DatasetSplits, load_dataset, prepare_data
+from kdsearch.data.dataset import (
+    DatasetSplits,
+    known_class_count,
+    load_dataset,
+    prepare_data,
+)
+from kdsearch.models.cost import check_constraints
 from kdsearch.search.baseline import kd_baseline
 from kdsearch.search.cluster import init_ray
 from kdsearch.search.progress import Progress
@@ -127,6 +133,8 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
     prior = search_to_resume(cfg, resume) if resume else None
     as_given = cfg.redacted()  # what --resume compares its space file with
     if prior is None:
+        # A limit no student meets: one line, nothing written.
+        check_constraints(cfg, known_class_count(cfg.data))
         _mention_unfinished(cfg, space_path, say)
         record = SearchRecord(new_search_name(cfg), cfg.experiment.name, None, None,
                               time.time(), False, as_given)

@@ -7,6 +7,12 @@ configurations that merely start fast. Here a trial that trained fewer than ``ma
 is PRUNED (its per-epoch values stay attached as intermediate values, and TPE ranks pruned
 trials by how far they got, then by value), one that errored is FAIL, and only trials that
 trained the full budget are COMPLETE.
+
+With ``search.constraints``, each trial's constraint values (how far its student's cost is
+over each limit; <= 0 when met) are stored on its Optuna trial, where the samplers that take
+a ``constraints_func`` (TPE, the default) read them and sample away from infeasible
+students. A student over a limit never trains: its trial is told PRUNED with no value, so
+the other samplers (random, cmaes, qmc) never count it as a result either.
 """
 
 from __future__ import annotations
@@ -19,17 +25,19 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from kdsearch.config import Search
-from kdsearch.search.space import DefineByRun, make_sampler
+from kdsearch.config import COST_METRICS, INFEASIBLE, Constraints, Search
+from kdsearch.search.space import CONSTRAINTS_ATTR, DefineByRun, make_sampler
 
 
 class FidelityAwareOptunaSearch(OptunaSearch):
     """OptunaSearch that reports early-stopped trials as PRUNED and errors as FAIL."""
 
     def __init__(self, *args: Any, max_t: int, time_attr: str = "epoch",
-                 warm: Sequence[optuna.trial.FrozenTrial] = (), **kwargs: Any) -> None:
+                 warm: Sequence[optuna.trial.FrozenTrial] = (),
+                 constraints: Constraints | None = None, **kwargs: Any) -> None:
         self._warm = list(warm)  # read by _setup_study, which __init__ calls
         super().__init__(*args, **kwargs)
+        self._constraints = constraints if constraints and constraints.limits() else None
         self._max_t = max_t
         self._time_attr = time_attr
         self._reported: dict[str, set[int]] = {}
@@ -61,6 +69,12 @@ class FidelityAwareOptunaSearch(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         value = (result or {}).get(self.metric)
         trained = (result or {}).get(self._time_attr, 0)
+        if self._constraints is not None and result and all(k in result for k in COST_METRICS):
+            ot_trial.set_user_attr(CONSTRAINTS_ATTR, self._constraints.values(result))
+        if result and result.get(INFEASIBLE):
+            self.study.tell(ot_trial, None, state=TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            return
         if not error and result:
             # Tune does not pass the result that made the scheduler stop a trial to
             # on_trial_result; record it here so a pruned trial keeps its last rung.
@@ -89,6 +103,7 @@ def make_searcher(search: Search, max_t: int, warm: Sequence[optuna.trial.Frozen
         mode=search.mode,
         sampler=make_sampler(search),  # seeded itself
         max_t=max_t,
+        constraints=search.constraints,
         points_to_evaluate=[dict(p) for p in search.points_to_evaluate] or None,
         warm=warm,
     )

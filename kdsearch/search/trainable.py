@@ -16,10 +16,11 @@ from ray import tune
 from kdsearch.train.trial import TrialContext, fit
 
 
-def _report(metrics: dict[str, Any], checkpoint_dir: Path) -> None:
+def _report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
     # Which Ray node ran this epoch: a trial may move after a node is lost.
     metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}
-    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+    tune.report(metrics, checkpoint=None if checkpoint_dir is None
+                else tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
 
 def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:

@@ -9,7 +9,14 @@ import yaml
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from kdsearch.config import SpaceConfig, final_space, searched_values, trial_student
+from kdsearch.config import (
+    COST_METRICS,
+    INFEASIBLE,
+    SpaceConfig,
+    final_space,
+    searched_values,
+    trial_student,
+)
 from kdsearch.track.runs import (
     CONFUSION,
     FINAL_METRICS,
@@ -23,6 +30,7 @@ from kdsearch.track.runs import (
 from kdsearch.track.schema import (
     EPOCHS_RUN,
     ERROR,
+    INFEASIBLE_TAG,
     ROLE,
     STATUS,
     TRIAL_ID,
@@ -56,6 +64,7 @@ class MLflowTrials(Callback):
         self.status: dict[str, str] = {}
         self.logged: dict[str, int] = {}  # trial id -> last epoch logged
         self.placed: dict[str, tuple[str, ...]] = {}  # trial id -> where its last epoch ran
+        self.costed: set[str] = set()  # trial ids whose student's cost is logged
         self.max_t = cfg.student.epochs
         _LIVE[parent_id] = (client, cfg)
 
@@ -66,6 +75,7 @@ class MLflowTrials(Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("costed", set())
         self.client, self.cfg = _LIVE[state["parent_id"]]  # the driver made one first
 
     def get_state(self) -> dict[str, Any]:
@@ -121,13 +131,29 @@ class MLflowTrials(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
         run_id = self.runs.get(trial.trial_id)
+        if run_id is None:
+            return
+        self._log_cost(trial.trial_id, run_id, result)
+        if result.get(INFEASIBLE):
+            self.client.set_tag(run_id, INFEASIBLE_TAG, str(result[INFEASIBLE])[:5000])
+            return
         epoch = int(result.get("epoch", 0))
-        if run_id is None or epoch <= self.logged.get(trial.trial_id, 0):
+        if epoch <= self.logged.get(trial.trial_id, 0):
             return  # an epoch re-run after a resume from an older checkpoint: logged already
-        metrics = {k: v for k, v in result.items() if is_metric(k)}
+        metrics = {k: v for k, v in result.items() if is_metric(k) and k not in COST_METRICS}
         log_metrics(self.client, run_id, metrics, step=epoch)
         self.logged[trial.trial_id] = epoch
         self._tag_placement(trial.trial_id, run_id, result)
+
+    def _log_cost(self, trial_id: str, run_id: str, result: dict) -> None:
+        """The student's cost (measured once, sent with every result), logged once per run
+        at step 0, also across a resume."""
+        if trial_id in self.costed or not all(key in result for key in COST_METRICS):
+            return
+        self.costed.add(trial_id)
+        if COST_METRICS[0] in self.client.get_run(run_id).data.metrics:
+            return  # logged before a resume
+        log_metrics(self.client, run_id, {key: result[key] for key in COST_METRICS}, step=0)
 
     def _tag_placement(self, trial_id: str, run_id: str, result: dict) -> None:
         """Node and device tags, updated when a retried or resumed trial moves."""
@@ -142,8 +168,9 @@ class MLflowTrials(Callback):
                 self.client.set_tag(run_id, key, value)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        epochs = int((trial.last_result or {}).get("epoch", 0))
-        self._finish(trial, status_of(epochs, self.max_t))
+        last = trial.last_result or {}
+        self._finish(trial, Status.INFEASIBLE if last.get(INFEASIBLE)
+                     else status_of(int(last.get("epoch", 0)), self.max_t))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, Status.FAILED, error=error_message(trial))

@@ -147,9 +147,9 @@ def write_release(folder: Path, student: Normalized, backbone: str, classes: Seq
 def log_student(data: Path, sha: str, classes: Sequence[str], clip: Mapping[str, int],
                 registered_name: str | None) -> str | None:
     """Log the release in ``data`` to the active run as model ``student`` and register it as
-    ``registered_name`` (unless None); returns the new version. The model's input example and signature
-    are a float clip of the student's shape; its requirements are named, so that MLflow does
-    not load the model in a subprocess to guess them."""
+    ``registered_name`` (unless None); returns the new version. The model's input example
+    and signature are a float clip of the student's shape; its requirements are named, so
+    that MLflow does not load the model in a subprocess to guess them."""
     import mlflow
     from mlflow.models import infer_signature
 

@@ -29,6 +29,8 @@ PUBLISH_ERROR = "kdsearch.publish_error"  # on the parent run while a publish st
 EPOCHS_RUN = "kdsearch.epochs_run"
 BEST_RUN = "kdsearch.best_run_id"
 ERROR = "kdsearch.error"
+INFEASIBLE_TAG = "kdsearch.infeasible"  # on an infeasible trial's run: the limits exceeded
+PARETO = "kdsearch.pareto"  # on the Pareto-optimal trials' runs ("true"); the parent: their ids
 DESCRIPTION = "mlflow.note.content"  # a run's description in the MLflow UI (Markdown)
 TRIAL_SPACE = "trial_space.yaml"  # a trial's own space file: trains exactly that trial
 RESOLVED_SPACE = "resolved_space.yaml"  # the search's space file, paths resolved
@@ -52,6 +54,7 @@ class Status(str, enum.Enum):
     PRUNED = "pruned"  # stopped early by the scheduler
     FAILED = "failed"
     INTERRUPTED = "interrupted"  # the search stopped before the trial ended
+    INFEASIBLE = "infeasible"  # its student exceeds search.constraints: never trained
 
     def __str__(self) -> str:
         return self.value
@@ -64,7 +67,7 @@ def status_of(epochs_run: int, epochs: int) -> Status:
 
 #: Ranking order of the statuses; a status not listed sorts last.
 STATUS_ORDER = (Status.COMPLETED, Status.PRUNED, Status.INTERRUPTED, Status.RUNNING,
-                Status.FAILED)
+                Status.INFEASIBLE, Status.FAILED)
 
 
 #: The MLflow filter for the parent runs of searches.

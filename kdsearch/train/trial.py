@@ -11,11 +11,18 @@ from typing import Any
 
 import torch
 
-from kdsearch.config import SpaceConfig, searched_values, teacher_clip, trial_student
+from kdsearch.config import (
+    INFEASIBLE,
+    SpaceConfig,
+    searched_values,
+    teacher_clip,
+    trial_student,
+)
 from kdsearch.data.dataset import local_records, make_loaders
 from kdsearch.data.video import VideoRecord
 from kdsearch.models import build_model
 from kdsearch.models.checkpoints import STUDENT_FILE, load_teacher, read_student, save_student
+from kdsearch.models.cost import measure_cost
 from kdsearch.train.cache import CachedTrainBatches, CachedValBatches, ClipCache
 from kdsearch.train.loop import (
     Batch,
@@ -28,7 +35,8 @@ from kdsearch.train.loop import (
 from kdsearch.train.losses import Distillation
 
 #: report(metrics, checkpoint_dir): called once per epoch; the directory lives until it returns.
-Report = Callable[[dict[str, Any], Path], None]
+#: An infeasible student is reported once, without a checkpoint (None).
+Report = Callable[[dict[str, Any], Path | None], None]
 CHECKPOINT_FILE = STUDENT_FILE
 
 
@@ -57,8 +65,15 @@ def fit(ctx: TrialContext, sampled: Mapping[str, Any], report: Report,
     seed = cfg.search.seed if seed is None else seed
     torch.manual_seed(seed)
     device = pick_device(cfg.resources.gpus_per_trial)
-    train_epoch, val_loader = _data(ctx, settings.batch_size, seed, settings.alpha > 0)
     student = build_model(settings.backbone, len(ctx.classes), cfg.student.weights, "student")
+    # Its cost first: a student over a limit of search.constraints ends here, untrained.
+    clip = cfg.student.clip
+    cost = measure_cost(student, (clip.num_frames, clip.crop_size), device).metrics()
+    if (exceeded := cfg.search.constraints.violations(cost)):
+        report({**cost, "epoch": 0, cfg.search.metric: math.nan, "device": str(device),
+                INFEASIBLE: "; ".join(exceeded)}, None)
+        return
+    train_epoch, val_loader = _data(ctx, settings.batch_size, seed, settings.alpha > 0)
     student = to_channels_last(student.to(device), device, cfg.student.channels_last)
     # With the cache the teacher's logits come with the clips: the teacher is never loaded.
     online = ctx.cache is None and settings.alpha > 0
@@ -76,7 +91,7 @@ def fit(ctx: TrialContext, sampled: Mapping[str, Any], report: Report,
         start = int(state["epoch"])
 
     def done(epoch: int, lr: float, metrics: dict[str, Any]) -> None:
-        metrics.update({"epoch": epoch, "lr": lr, "device": str(device)})
+        metrics.update({"epoch": epoch, "lr": lr, "device": str(device), **cost})
         _check_metric(metrics, cfg.search.metric, epoch)  # before the report: never ranked
         with tempfile.TemporaryDirectory(prefix="kdsearch-ckpt-") as tmp:
             save_student(Path(tmp), epoch=epoch, student=student, optimizer=optimizer,

@@ -178,6 +178,61 @@ def test_a_trial_diverging_in_its_last_step_fails_and_never_ranks(ray_local: Non
     assert parent.data.tags["kdsearch.best_run_id"] == best.run_id
 
 
+def test_a_student_over_a_constraint_ends_infeasible_untrained_and_never_wins(
+        ray_local: None, tmp_path: Path) -> None:
+    from kdsearch.config.load import load_space
+    from kdsearch.search.driver import run_search
+
+    # tiny3d has 107,892 parameters, tiny_r2plus1d 108,009: a limit between them.
+    search = {**TINY_SPACE["search"], "num_samples": 2,
+              "space": {"backbone": {"type": "choice", "values": ["tiny3d", "tiny_r2plus1d"]}},
+              "points_to_evaluate": [{"backbone": "tiny_r2plus1d"}, {"backbone": "tiny3d"}],
+              "constraints": {"params_m": 0.10795}}
+    path = write_tiny_space(tmp_path, search=search,
+                            student={**TINY_SPACE["student"], "epochs": 1})
+    cfg = load_space(path, cwd=tmp_path)
+    outcome = run_search(cfg, path, say=lambda _: None)
+    assert [(r.status, r.config["backbone"]) for r in outcome.rows] == [
+        ("completed", "tiny3d"), ("infeasible", "tiny_r2plus1d")]
+    assert outcome.best is not None and outcome.best.config["backbone"] == "tiny3d"
+    client = MlflowClient(cfg.tracking_uri)
+    runs = {r.data.params["backbone"]: r for r in client.search_runs(
+        [outcome.experiment_id], filter_string="tags.`kdsearch.role` = 'trial'")}
+    infeasible, trained = runs["tiny_r2plus1d"], runs["tiny3d"]
+    assert infeasible.data.tags["kdsearch.status"] == "infeasible"
+    assert infeasible.data.tags["kdsearch.infeasible"] == "params_m 0.108 > 0.10795"
+    assert infeasible.data.tags["kdsearch.epochs_run"] == "0"
+    assert infeasible.info.status == "FINISHED"
+    assert "val_acc" not in infeasible.data.metrics  # never trained, never ranked
+    assert infeasible.data.metrics["student_params"] == 108009
+    assert trained.data.metrics["student_params"] == 107892
+    for run in (infeasible, trained):
+        for key in ("student_gflops", "latency_ms", "latency_p90_ms", "cpu_latency_ms"):
+            history = client.get_metric_history(run.info.run_id, key)
+            assert [m.step for m in history] == [0] and history[0].value > 0, key
+    assert client.get_run(outcome.parent_run_id).data.tags["kdsearch.best_run_id"] == (
+        trained.info.run_id)
+
+
+def test_a_constraint_no_student_meets_is_bad_input_before_anything_runs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from kdsearch.run import main
+
+    search = {**TINY_SPACE["search"], "constraints": {"params_m": 0.05, "gflops": 100}}
+    write_tiny_space(tmp_path, search=search)
+    monkeypatch.chdir(tmp_path)
+    assert main(["space.yaml", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        "error: search.constraints: no student backbone meets them at clip 4x32")
+    assert "a head of 4 classes" in err and "tiny3d: params_m 0.1079 > 0.05" in err
+    assert "tiny_r2plus1d: params_m 0.108 > 0.05" in err
+    assert main(["space.yaml"]) == 2
+    assert capsys.readouterr().err == err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["space.yaml"]  # nothing written
+
+
 def test_ctrl_c_keeps_finished_work_and_leaves_no_run_open(tmp_path: Path) -> None:
     student = {**TINY_SPACE["student"], "epochs": 200}  # trials are still running at Ctrl-C
     write_tiny_space(tmp_path, student=student)
