@@ -373,11 +373,11 @@ class Constraints(_Model):
         return {name: (scales[name][0], limit, scales[name][1])
                 for name, limit in self.model_dump().items() if limit is not None}
 
-    def values(self, cost: Mapping[str, float]) -> list[float]:
-        """Optuna's constraint values for a student of ``cost``: one per limit set, the
-        amount over it (<= 0 when met)."""
-        return [cost[metric] * scale - limit
-                for metric, limit, scale in self.limits().values()]
+    def over(self, cost: Mapping[str, float]) -> dict[str, float]:
+        """How far a student of ``cost`` is over each limit set (<= 0 when it meets it): the
+        constraint values Optuna's samplers take."""
+        return {name: cost[metric] * scale - limit
+                for name, (metric, limit, scale) in self.limits().items()}
 
     def violations(self, cost: Mapping[str, float]) -> list[str]:
         """Each limit ``cost`` exceeds, as ``"latency_ms 31.2 > 20"``."""

@@ -9,10 +9,10 @@ trials by how far they got, then by value), one that errored is FAIL, and only t
 trained the full budget are COMPLETE.
 
 With ``search.constraints``, each trial's constraint values (how far its student's cost is
-over each limit; <= 0 when met) are stored on its Optuna trial, where the samplers that take
-a ``constraints_func`` (TPE, the default) read them and sample away from infeasible
-students. A student over a limit never trains: its trial is told PRUNED with no value, so
-the other samplers (random, cmaes, qmc) never count it as a result either.
+over each limit; <= 0 when met) are set on its Optuna trial (``Trial.set_constraint``), where
+TPE (the default) reads them: it ranks infeasible trials below every feasible one and samples
+away from them. A student over a limit never trains: its trial is told PRUNED with no value,
+so the samplers that ignore constraints (random, cmaes, qmc) never count it as a result.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from kdsearch.config import COST_METRICS, INFEASIBLE, Constraints, Search
-from kdsearch.search.space import CONSTRAINTS_ATTR, DefineByRun, make_sampler
+from kdsearch.search.space import DefineByRun, make_sampler
 
 
 class FidelityAwareOptunaSearch(OptunaSearch):
@@ -70,7 +70,8 @@ class FidelityAwareOptunaSearch(OptunaSearch):
         value = (result or {}).get(self.metric)
         trained = (result or {}).get(self._time_attr, 0)
         if self._constraints is not None and result and all(k in result for k in COST_METRICS):
-            ot_trial.set_user_attr(CONSTRAINTS_ATTR, self._constraints.values(result))
+            for name, over in self._constraints.over(result).items():
+                ot_trial.set_constraint(name, over)
         if result and result.get(INFEASIBLE):
             self.study.tell(ot_trial, None, state=TrialState.PRUNED)
             self._completed_trials.add(trial_id)

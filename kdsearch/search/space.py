@@ -38,17 +38,6 @@ def optuna_space(search: Search) -> dict[str, BaseDistribution]:
     return space
 
 
-#: The Optuna trial's user attribute with its constraint values (kdsearch.search.sampler).
-CONSTRAINTS_ATTR = "kdsearch_constraints"
-
-
-def constraint_values(trial: optuna.trial.FrozenTrial) -> list[float]:
-    """``constraints_func`` of the samplers: a trial's constraint values (<= 0 when met); a
-    trial that never measured its student (it failed first) counts as meeting them."""
-    values: list[float] = trial.user_attrs.get(CONSTRAINTS_ATTR) or []
-    return values or [0.0]
-
-
 def make_sampler(search: Search) -> optuna.samplers.BaseSampler:
     if search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=search.seed)
@@ -59,10 +48,8 @@ def make_sampler(search: Search) -> optuna.samplers.BaseSampler:
     # group=True: with conditional settings, TPE models each group of settings that occur
     # together instead of falling back to independent sampling.
     conditional = any(d.when for d in search.space.values())
-    constrained = bool(search.constraints.limits())
     return optuna.samplers.TPESampler(seed=search.seed, multivariate=True, group=conditional,
-                                      constant_liar=True,
-                                      constraints_func=constraint_values if constrained else None)
+                                      constant_liar=True)
 
 
 class DefineByRun:

@@ -87,3 +87,35 @@ def test_points_to_evaluate_run_first(ray_local: None, tmp_path: Path) -> None:
     assert first.params == {"alpha": 0.5, "lr": 0.001}
     assert {"alpha": 0.5, "lr": 0.001} in [r.config for r in results]
 
+
+
+def test_an_infeasible_student_is_told_to_tpe_as_a_constraint_violation() -> None:
+    """The searcher as Tune drives it (suggest, then on_trial_complete): the infeasible
+    trial is PRUNED with its constraint values set (TPE reads them), a feasible one COMPLETE
+    with values <= 0; TPE then ranks the infeasible trial below the feasible one."""
+    from kdsearch.config import COST_METRICS, Search
+    from kdsearch.search.sampler import make_searcher
+
+    search = Search.model_validate({
+        "space": {"backbone": {"type": "choice", "values": ["tiny3d", "tiny3d_wide"]}},
+        "constraints": {"params_m": 0.2, "latency_ms": 50}})
+    searcher = make_searcher(search, max_t=2)
+    cost = dict.fromkeys(COST_METRICS, 1.0)
+    searcher.suggest("wide")
+    searcher.on_trial_complete("wide", {**cost, "student_params": 427748.0, "epoch": 0,
+                                        "val_acc": float("nan"),
+                                        "infeasible": "params_m 0.4277 > 0.2"})
+    searcher.suggest("small")
+    searcher.on_trial_complete("small", {**cost, "student_params": 107892.0, "epoch": 2,
+                                         "val_acc": 0.5})
+    wide, small = searcher.study.trials
+    assert wide.state == TrialState.PRUNED and wide.values is None
+    assert small.state == TrialState.COMPLETE and small.value == 0.5
+    assert wide.constraints == pytest.approx({"params_m": 0.427748 - 0.2,
+                                              "latency_ms": 1.0 - 50})
+    assert small.constraints == pytest.approx({"params_m": 0.107892 - 0.2,
+                                               "latency_ms": 1.0 - 50})
+    from optuna.samplers._tpe.sampler import _split_trials
+
+    below, above = _split_trials(searcher.study, [wide, small], n_below=1)
+    assert below == [small] and above == [wide]
