@@ -386,14 +386,27 @@ class Constraints(_Model):
                 if cost[metric] * scale > limit]
 
 
+ValMetric = Literal["val_acc", "val_video_acc", "val_vote_acc", "val_macro_f1", "val_loss"]
+CostMetric = Literal["latency_ms", "latency_p90_ms", "cpu_latency_ms", "student_params",
+                     "student_gflops"]
+
+
+class Objective(_Model):
+    metric: ValMetric | CostMetric
+    mode: Literal["max", "min"]
+
+
 class Search(_Model):
     space: dict[str, Distribution] = {}
     num_samples: Annotated[int, Field(ge=1, le=MAX_TRIALS)] = 12
     max_concurrent: Annotated[int, Field(ge=1, le=MAX_CONCURRENT)] = 2
     seed: Seed = 0
-    metric: Literal["val_acc", "val_video_acc", "val_vote_acc", "val_macro_f1",
-                    "val_loss"] = "val_acc"
+    metric: ValMetric = "val_acc"
     mode: Literal["max", "min"] = "max"
+    # A multi-objective search (e.g. val_acc max and latency_ms min): Optuna samples towards
+    # the whole front; the first objective is search.metric (ranking, the best trial), and
+    # every trial trains to the end (no scheduler: see docs/constraints.md).
+    objectives: Annotated[list[Objective], Field(min_length=2, max_length=3)] | None = None
     sampler: Literal["tpe", "random", "cmaes", "qmc"] = "tpe"
     scheduler: Annotated[Asha | HyperBand | Median | Agreement | NoScheduler,
                          Field(discriminator="name")] = Agreement()
@@ -413,7 +426,46 @@ class Search(_Model):
         scheduler = data.get("scheduler") if isinstance(data, Mapping) else None
         if isinstance(scheduler, Mapping) and "name" not in scheduler:
             return {**data, "scheduler": {"name": Agreement().name, **scheduler}}
+        if isinstance(data, Mapping) and data.get("objectives") and scheduler is None:
+            # Many objectives: every trial trains to the end (one metric cannot stop them).
+            return {**data, "scheduler": {"name": "none"}}
         return data
+
+    @model_validator(mode="after")
+    def _first_objective_is_the_metric(self) -> Search:
+        if not self.objectives:
+            return self
+        first = self.objectives[0]
+        if first.metric in COST_METRICS:
+            raise ValueError(f"objectives[0].metric: {first.metric} is a cost; the first "
+                             "objective is the validation metric the trials are ranked by "
+                             "(e.g. val_acc)")
+        if "metric" in self.model_fields_set and self.metric != first.metric or (
+                "mode" in self.model_fields_set and self.mode != first.mode):
+            raise ValueError(f"metric/mode: {self.metric} ({self.mode}) differ from "
+                             f"objectives[0] ({first.metric}, {first.mode}); give one")
+        if self.scheduler.name != "none":
+            raise ValueError(f"scheduler: {self.scheduler.name!r} stops trials by one metric, "
+                             "which would cut trials the front needs; a search with "
+                             "objectives runs every trial to the end (scheduler none)")
+        if self.sampler == "cmaes":
+            raise ValueError("sampler: 'cmaes' optimises one objective; use 'tpe'")
+        if self.warm_start is not None:
+            raise ValueError("warm_start: an earlier search's trials carry one value each; "
+                             "a search with objectives starts without them")
+        names = [o.metric for o in self.objectives]
+        if len(set(names)) != len(names):
+            raise ValueError(f"objectives: {', '.join(names)} name a metric twice")
+        object.__setattr__(self, "metric", first.metric)
+        object.__setattr__(self, "mode", first.mode)
+        return self
+
+    def front(self) -> list[tuple[str, str]]:
+        """The (metric, mode) pairs the Pareto front is taken over: the objectives, or the
+        search's metric against the student's latency."""
+        if self.objectives:
+            return [(o.metric, o.mode) for o in self.objectives]
+        return [(self.metric, self.mode), ("latency_ms", "min")]
 
 
 class Resources(_Model):

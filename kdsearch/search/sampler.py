@@ -52,6 +52,8 @@ class FidelityAwareOptunaSearch(OptunaSearch):
         self._report(trial_id, result)
 
     def _report(self, trial_id: str, result: dict) -> None:
+        if isinstance(self.metric, list):
+            return  # Optuna keeps no intermediate values of a multi-objective trial
         # Step = epoch (not Tune's training_iteration), so a resumed trial keeps its steps.
         value, step = result.get(self.metric), result.get(self._time_attr)
         ot_trial = self._ot_trials.get(trial_id)
@@ -67,7 +69,7 @@ class FidelityAwareOptunaSearch(OptunaSearch):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         ot_trial = self._ot_trials[trial_id]
-        value = (result or {}).get(self.metric)
+        value = _value(result or {}, self.metric)
         trained = (result or {}).get(self._time_attr, 0)
         if self._constraints is not None and result and all(k in result for k in COST_METRICS):
             for name, over in self._constraints.over(result).items():
@@ -80,7 +82,7 @@ class FidelityAwareOptunaSearch(OptunaSearch):
             # Tune does not pass the result that made the scheduler stop a trial to
             # on_trial_result; record it here so a pruned trial keeps its last rung.
             self._report(trial_id, result)
-        if error or value is None or not math.isfinite(value):
+        if error or value is None:
             self.study.tell(ot_trial, None, state=TrialState.FAIL)
         elif trained < self._max_t:
             self.study.tell(ot_trial, None, state=TrialState.PRUNED)
@@ -94,14 +96,25 @@ class FidelityAwareOptunaSearch(OptunaSearch):
         return self._ot_study
 
 
+def _value(result: dict, metric: str | list[str]) -> float | list[float] | None:
+    """The trial's value (one per objective), None when one is missing or not finite."""
+    names = metric if isinstance(metric, list) else [metric]
+    values = [result.get(name) for name in names]
+    if any(v is None or not math.isfinite(v) for v in values):
+        return None
+    found = [float(v) for v in values if v is not None]
+    return found if isinstance(metric, list) else found[0]
+
+
 def make_searcher(search: Search, max_t: int, warm: Sequence[optuna.trial.FrozenTrial] = (),
                   kind: type[FidelityAwareOptunaSearch] = FidelityAwareOptunaSearch
                   ) -> FidelityAwareOptunaSearch:
     """The searcher of a search; ``kind`` lets a benchmark swap in another feedback rule."""
+    objectives = search.objectives or []
     return kind(
         space=DefineByRun(search),
-        metric=search.metric,
-        mode=search.mode,
+        metric=[o.metric for o in objectives] if objectives else search.metric,
+        mode=[o.mode for o in objectives] if objectives else search.mode,
         sampler=make_sampler(search),  # seeded itself
         max_t=max_t,
         constraints=search.constraints,

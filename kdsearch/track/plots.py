@@ -32,7 +32,7 @@ log = logging.getLogger("kdsearch.track.report")
 PLOT_NAMES = ("optimization_history", "learning_curves", "epoch_agreement",
               "parallel_coordinate",
               "param_importances", "alpha_temperature", "metric_vs_alpha",
-              "metric_vs_temperature")
+              "metric_vs_temperature", "front")
 
 
 # --- the plots ------------------------------------------------------------------------------
@@ -373,6 +373,53 @@ def _scatter_plotly(s: _Scatter) -> go.Figure:
     if s.y_log:
         fig.update_yaxes(type="log")
     return fig
+
+
+def front_plot(search: Search, points: Sequence[tuple[str, float | None, float | None]],
+               front: Sequence[str]) -> Plot | None:
+    """The search metric against the front's second objective (the student's latency unless
+    ``search.objectives`` says otherwise) for the completed trials ``points`` = (trial id,
+    metric, cost), the Pareto-optimal ones (``front``, best first) joined by a line."""
+    (metric, _), (cost, _) = search.front()[:2]
+    usable = [(t, float(y), float(x)) for t, y, x in points
+              if y is not None and x is not None and finite(y) is not None
+              and finite(x) is not None]
+    if not usable:
+        return None
+    on_front = sorted((p for p in usable if p[0] in set(front)), key=lambda p: p[2])
+    title = f"{metric} against {cost}: the Pareto front"
+
+    def png() -> Figure:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(8, 5.5), layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        ax.scatter([p[2] for p in usable], [p[1] for p in usable], s=30, c="tab:blue",
+                   label="completed trials")
+        ax.plot([p[2] for p in on_front], [p[1] for p in on_front], "-o", c="red",
+                markersize=8, markerfacecolor="none", label="Pareto front")
+        for trial, y, x in on_front:
+            ax.annotate(trial, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set(title=title, xlabel=cost, ylabel=metric)
+        ax.legend(loc="best", fontsize=8)
+        return fig
+
+    def html() -> go.Figure:
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        fig.add_trace(go.Scatter(x=[p[2] for p in usable], y=[p[1] for p in usable],
+                                 mode="markers", name="completed trials",
+                                 text=[p[0] for p in usable]))
+        fig.add_trace(go.Scatter(x=[p[2] for p in on_front], y=[p[1] for p in on_front],
+                                 mode="lines+markers", name="Pareto front",
+                                 text=[p[0] for p in on_front],
+                                 marker={"size": 12, "symbol": "circle-open", "color": "red"}))
+        return fig.update_layout(title=title, xaxis_title=cost, yaxis_title=metric)
+
+    return Plot("front", title, png, html)
 
 
 def draw_png(plot: Plot, path: Path) -> Path | None:

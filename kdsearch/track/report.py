@@ -34,12 +34,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kdsearch.config import Search
 from kdsearch.search.space import fitted, optuna_space
-from kdsearch.track.plots import PLOT_NAMES, attempt, draw_png, plots_of
+from kdsearch.track.plots import PLOT_NAMES, attempt, draw_png, front_plot, plots_of
 from kdsearch.track.schema import (
     STATUS_ORDER,
     KdGain,
     Status,
     finite,
+    pareto_optimal,
     rank_correlation,
     ranked,
     small_val_warning,
@@ -214,6 +215,24 @@ def unsafe_stops(agreement: Sequence[EpochAgreement], metric: str) -> list[str]:
     return lines
 
 
+# --- the front ------------------------------------------------------------------------------
+
+def front_values(record: TrialRecord, search: Search) -> list[float | None]:
+    """The trial's coordinates on the front (``Search.front``): the search metric's final
+    value, the other objectives' (costs) from its run."""
+    return [final_value(record, metric) if metric == search.metric
+            else _as_float(record.metrics.get(metric)) for metric, _ in search.front()]
+
+
+def pareto_records(records: Sequence[TrialRecord], search: Search) -> list[TrialRecord]:
+    """The completed trials no other completed trial beats on every objective of
+    ``Search.front``, best first."""
+    done = {r.trial_id: r for r in _ranked(records, search) if r.status == Status.COMPLETED}
+    points = {key: [v if v is not None else math.nan for v in front_values(r, search)]
+              for key, r in done.items()}
+    return [done[key] for key in pareto_optimal(points, [m for _, m in search.front()])]
+
+
 # --- the table ------------------------------------------------------------------------------
 
 def trials_table(records: Sequence[TrialRecord], search: Search) -> pa.Table:
@@ -221,11 +240,13 @@ def trials_table(records: Sequence[TrialRecord], search: Search) -> pa.Table:
 
     Order: by status (``STATUSES``); completed trials by the metric in the search's direction;
     the others by how far they got (epochs), then by the metric; missing/NaN values last.
-    Columns: rank, trial_id, run_id, status, epochs, <search.metric>, param.<name> per searched
-    param in space order (float64, int64, or string for a choice), then metric.<name> (float64,
-    null when missing) for every final metric, sorted by name.
+    Columns: rank, trial_id, run_id, status, epochs, <search.metric>, pareto (on the front of
+    ``Search.front``), param.<name> per searched param in space order (float64, int64, or
+    string for a choice), then metric.<name> (float64, null when missing) for every final
+    metric, sorted by name (the student's cost among them).
     """
     rows = _ranked(records, search)
+    front = {r.trial_id for r in pareto_records(records, search)}
     metric_names = sorted({name for record in records for name, value in record.metrics.items()
                            if _as_float(value) is not None})
     columns: dict[str, pa.Array] = {
@@ -235,6 +256,7 @@ def trials_table(records: Sequence[TrialRecord], search: Search) -> pa.Table:
         "status": pa.array([r.status for r in rows], pa.string()),
         "epochs": pa.array([r.epochs for r in rows], pa.int64()),
         search.metric: pa.array([final_value(r, search.metric) for r in rows], pa.float64()),
+        "pareto": pa.array([r.trial_id in front for r in rows], pa.bool_()),
     }
     for name, dist in optuna_space(search).items():
         kind, convert = _param_column(dist)
@@ -284,7 +306,12 @@ def write_report(records: Sequence[TrialRecord], search: Search, out_dir: Path,
     figures: list[tuple[str, str, go.Figure]] = []
     budget = max((r.epochs for r in records if r.status == Status.COMPLETED), default=0)
     agreement = epoch_agreement(records, search.metric, budget)
-    for plot in plots_of(study_from_records(records, search), search, agreement):
+    plots = plots_of(study_from_records(records, search), search, agreement)
+    coordinates = [(r.trial_id, values[0], values[1]) for r in records
+                   if r.status == Status.COMPLETED for values in [front_values(r, search)]]
+    front = front_plot(search, coordinates,
+                       [r.trial_id for r in pareto_records(records, search)])
+    for plot in [*plots, *([front] if front else [])]:
         png = draw_png(plot, plot_dir / f"{plot.name}.png")
         if png is not None:
             written.append(png)
@@ -306,7 +333,8 @@ def write_report(records: Sequence[TrialRecord], search: Search, out_dir: Path,
 COMPARISONS = ("parallel_coordinate", "param_importances", "alpha_temperature",
                "metric_vs_alpha", "metric_vs_temperature")
 #: The table's columns shown at first; the rest are one click away.
-KEY_COLUMNS = ("rank", "trial_id", "status", "epochs")
+KEY_COLUMNS = ("rank", "trial_id", "status", "epochs", "pareto", "metric.latency_ms",
+               "metric.student_params")
 
 _STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1200px}"
           "table{border-collapse:collapse;font-size:13px}"

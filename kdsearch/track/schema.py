@@ -276,6 +276,22 @@ def ranked(items: Sequence[T], *, mode: str, status: Callable[[T], Any],
     return sorted(items, key=key)
 
 
+def pareto_optimal(points: Mapping[str, Sequence[float]], modes: Sequence[str]) -> list[str]:
+    """The keys of ``points`` that no other point dominates (as good in every objective and
+    better in one), in the order given; ``modes``: "max" or "min" per objective. Points with
+    a missing or non-finite coordinate are left out."""
+    signs = [1.0 if mode == "max" else -1.0 for mode in modes]
+    usable = {key: [sign * float(v) for sign, v in zip(signs, values, strict=True)]
+              for key, values in points.items()
+              if all(finite(v) is not None for v in values)}
+
+    def dominated(a: list[float]) -> bool:
+        return any(all(x >= y for x, y in zip(b, a, strict=True)) and b != a
+                   for b in usable.values())
+
+    return [key for key, values in usable.items() if not dominated(values)]
+
+
 @dataclasses.dataclass(frozen=True)
 class TrialRow:
     """One trial at the end of a search: Tune's view (sampled values, last checkpoint) joined

@@ -34,6 +34,7 @@ from .records import (
     BEST_FIRST,
     FINALS,
     FULL_SPACE,
+    PNG_SIGNATURE,
     RECORDS,
     completed,
     make_search,
@@ -45,7 +46,7 @@ from .records import (
 def test_table_is_best_first_with_typed_columns() -> None:
     table = trials_table(RECORDS, make_search())
     assert table.column_names == [
-        "rank", "trial_id", "run_id", "status", "epochs", "val_acc", "param.alpha",
+        "rank", "trial_id", "run_id", "status", "epochs", "val_acc", "pareto", "param.alpha",
         "param.temperature", "param.lr", "param.backbone", "metric.best_val_acc",
         "metric.val_acc", "metric.val_class_acc.kick", "metric.val_macro_f1"]
     schema = table.schema
@@ -277,8 +278,8 @@ def test_compact_table_first_every_column_on_demand(tmp_path: Path) -> None:
     compact = page.index("<h2>trials, best first</h2>")
     details = page.index("<details>", compact)
     heads = re.findall(r"<th>([^<]*)</th>", page[compact:details])
-    assert heads == ["rank", "trial_id", "status", "epochs", "val_acc", "alpha", "temperature",
-                     "lr", "backbone"]
+    assert heads == ["rank", "trial_id", "status", "epochs", "val_acc", "pareto", "alpha",
+                     "temperature", "lr", "backbone"]
     rows = re.findall(r"<tr><td>\d+</td><td>([^<]*)</td>", page[compact:details])
     assert rows == BEST_FIRST
     full = re.findall(r"<th>([^<]*)</th>", page[details:])
@@ -387,3 +388,36 @@ def test_headline_says_what_the_teacher_added(tmp_path: Path) -> None:
     assert "helped." in headline
     assert "Distillation" not in write_report(RECORDS, make_search(), tmp_path, FACTS)[-1] \
         .read_text()
+
+
+def test_the_front_of_accuracy_and_latency_is_marked_in_the_table_and_drawn(
+        tmp_path: Path) -> None:
+    from kdsearch.track.report import pareto_records, write_report
+
+    # (val_acc, latency_ms): c3 is best, c1 faster, c2 fastest; c0, c4 and c5 are beaten by
+    # one of them on both; an infeasible trial is never on the front.
+    latency = {"c0": 30.0, "c1": 12.0, "c2": 5.0, "c3": 25.0, "c4": 40.0, "c5": 6.0}
+    records = [dataclasses.replace(r, metrics={**r.metrics, "latency_ms": latency[r.trial_id]})
+               if r.trial_id in latency else r for r in RECORDS]
+    records.append(TrialRecord("i0", "run-i0", "infeasible", 0, params(3),
+                               {"latency_ms": 1.0}, {}))
+    search = make_search()
+    assert [r.trial_id for r in pareto_records(records, search)] == ["c3", "c1", "c2"]
+    table = trials_table(records, search).to_pylist()
+    assert {r["trial_id"] for r in table if r["pareto"]} == {"c3", "c1", "c2"}
+    assert next(r for r in table if r["trial_id"] == "c2")["metric.latency_ms"] == 5.0
+
+    written = write_report(records, search, tmp_path)
+    assert "front" in written_plots(written)
+    assert (tmp_path / "plots" / "front.png").read_bytes()[:8] == PNG_SIGNATURE
+    page = (tmp_path / "search_report.html").read_text()
+    assert "val_acc against latency_ms: the Pareto front" in page
+
+    # Many objectives: the front is theirs.
+    multi = make_search(objectives=[{"metric": "val_acc", "mode": "max"},
+                                    {"metric": "student_params", "mode": "min"}])
+    params_of = {"c0": 5.0, "c1": 9.0, "c2": 1.0, "c3": 9.0, "c4": 2.0, "c5": 1.0}
+    records = [dataclasses.replace(r, metrics={**r.metrics,
+                                               "student_params": params_of[r.trial_id]})
+               if r.trial_id in params_of else r for r in RECORDS]
+    assert [r.trial_id for r in pareto_records(records, multi)] == ["c3", "c4", "c2"]
