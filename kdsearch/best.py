@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from kdsearch.config import SEARCHABLE, Student, final_space
+from kdsearch.config import COST_METRICS, SEARCHABLE, Constraints, Student, final_space
 from kdsearch.text import format_table, plural, python_command
 from kdsearch.track.schema import (
     MAX_RESULTS,
@@ -54,6 +54,23 @@ class Candidate:
     trial_id: str
     value: float
     params: dict[str, str]
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+#: --max-<name> options: the limit of search.constraints each one sets.
+LIMITS = {"latency_ms": "latency on the trials' own device, batch 1 (ms)",
+          "cpu_latency_ms": "latency on one CPU thread, batch 1 (ms)",
+          "params_m": "parameters (millions)", "gflops": "GFLOPs per clip"}
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return value
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -71,7 +88,35 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "completed trial)")
     parser.add_argument("--top", type=int, default=5, metavar="N",
                         help="trials to list (default: 5)")
+    for name, what in LIMITS.items():
+        parser.add_argument(f"--max-{name.replace('_', '-')}", type=_positive, default=None,
+                            dest=f"max_{name}", metavar="X",
+                            help=f"only trials whose student is within this {what}")
     return parser.parse_args(argv)
+
+
+def limits_of(args: argparse.Namespace) -> Constraints:
+    return Constraints(**{name: getattr(args, f"max_{name}", None) for name in LIMITS})
+
+
+def within(order: Sequence[Candidate], limits: Constraints) -> list[Candidate]:
+    """The candidates whose student meets ``limits`` (a trial without its cost recorded
+    cannot be shown to meet them and is left out), best first; one line when none does."""
+    if not limits.limits():
+        return list(order)
+    measured = [c for c in order if all(k in c.metrics for k in COST_METRICS)]
+    kept = [c for c in measured if not limits.violations(c.metrics)]
+    if not kept:
+        asked = ", ".join(f"--max-{n.replace('_', '-')} {v:g}"
+                          for n, (_, v, _) in limits.limits().items())
+        closest = min(measured, key=lambda c: sum(max(0.0, x) / v for x, (_, v, _) in zip(
+            limits.over(c.metrics).values(), limits.limits().values(), strict=True)),
+            default=None)
+        hint = (f"; the closest, trial {closest.trial_id}: "
+                f"{', '.join(limits.violations(closest.metrics))}" if closest else
+                "; no trial has its cost recorded (a search from before kdsearch measured it)")
+        raise BestError(f"no completed trial meets {asked}{hint}", EXIT_NOTHING)
+    return kept
 
 
 def open_store(uri: str | None) -> Any:
@@ -134,7 +179,7 @@ def candidates(runs: Sequence[Any], metric: str, mode: str) -> list[Candidate]:
         value = finite(run.data.metrics.get(metric))
         if run.data.tags.get(STATUS) == Status.COMPLETED and value is not None:
             found.append(Candidate(run.info.run_id, run.data.tags.get(TRIAL_ID, "?"), value,
-                                   dict(run.data.params)))
+                                   dict(run.data.params), dict(run.data.metrics)))
     return ranked(found, mode=mode, status=lambda c: Status.COMPLETED, value=lambda c: c.value,
                   trial_id=lambda c: c.trial_id)
 
@@ -164,11 +209,22 @@ def _fmt(text: str) -> str:
         return text
 
 
+#: The student's cost in the table: (heading, metric, scale, format).
+COST_COLUMNS = (("params M", "student_params", 1e-6, "{:.2f}"),
+                ("GFLOPs", "student_gflops", 1.0, "{:.3g}"),
+                ("latency ms", "latency_ms", 1.0, "{:.3g}"),
+                ("cpu ms", "cpu_latency_ms", 1.0, "{:.3g}"))
+
+
 def print_table(top: Sequence[Candidate], metric: str, names: Sequence[str]) -> None:
+    costs = [c for c in COST_COLUMNS if any(c[1] in t.metrics for t in top)]
     rows = [[str(i), c.run_id, c.trial_id, f"{c.value:.4f}",
-             *(_fmt(c.params.get(n, "-")) for n in names)] for i, c in enumerate(top, 1)]
-    print("\n".join(format_table(["rank", "run id", "trial id", metric, *names], rows,
-                                 right={0, 3})))
+             *(_fmt(c.params.get(n, "-")) for n in names),
+             *(form.format(c.metrics[key] * scale) if key in c.metrics else "-"
+               for _, key, scale, form in costs)] for i, c in enumerate(top, 1)]
+    right = {0, 3, *range(4 + len(names), 4 + len(names) + len(costs))}
+    print("\n".join(format_table(["rank", "run id", "trial id", metric, *names,
+                                  *(c[0] for c in costs)], rows, right=right)))
 
 
 def noise_note(ranked: Sequence[Candidate], metric: str, n_val: float | None) -> str:
@@ -283,7 +339,12 @@ def run(args: argparse.Namespace) -> int:
     if not order:
         raise BestError(f"search {parent.info.run_id} has no completed trial with {metric} "
                         f"({status_counts(runs)})", EXIT_NOTHING)
-    print(f"trials: {status_counts(runs)}; ranked by {metric} ({mode}), completed only\n")
+    limits = limits_of(args)
+    order = within(order, limits)
+    meeting = ("" if not limits.limits() else ", within " + ", ".join(
+        f"{name} {limit:g}" for name, (_, limit, _) in limits.limits().items()))
+    print(f"trials: {status_counts(runs)}; ranked by {metric} ({mode}), completed only"
+          f"{meeting}\n")
     best = order[0]
     names = searched_names(parent, best)
     print_table(order[:max(args.top, 1)], metric, names)

@@ -79,6 +79,7 @@ def smokes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Smokes]:
     runs.start("record_curves", "record_curves.py", "--out",
                str(f("record_curves") / "curves.parquet"), timeout=240)
     runs.start("loader", "loader.py", "--root", str(f("loader")))
+    runs.start("gpu", "gpu.py", "--json", str(f("gpu") / "gpu.json"))
     runs.start("sim_objective", "sim_objective.py", timeout=120)
     yield runs
     runs.pool.shutdown(wait=True)
@@ -111,6 +112,32 @@ def test_loader_smoke(smokes: Smokes) -> None:
     assert re.search(r"^loader / raw PyAV: +\d+\.\d\d$", out, re.M)
     assert re.search(r"^loader / raw Pillow: \d+\.\d\d$", out, re.M)
     assert len(list((tmp_path / "videos").glob("*.mp4"))) == 4
+
+
+def test_gpu_smoke(smokes: Smokes) -> None:
+    """gpu.py --smoke, on the CPU: every combination's cached trial and limit, their ratio,
+    and 1 and 2 packed trials, all positive."""
+    out, tmp_path = smokes.output("gpu"), smokes.folder("gpu")
+    assert re.search(r"^target cached/limit >= 0\.9: (met|NOT met) \(worst [\d.]+\)$", out,
+                     re.M), out
+    saved = json.loads((tmp_path / "gpu.json").read_text())
+    assert (saved["teacher"], saved["student"]) == ("small3d", "tiny3d")
+    combinations = {(c["bf16"], c["channels_last"]): c for c in saved["combinations"]}
+    assert set(combinations) == {(False, False), (False, True), (True, False), (True, True)}
+    for c in combinations.values():
+        for side in ("cached", "limit"):
+            assert c[side]["steps"] == 20 and c[side]["clips"] > 0  # --smoke's --steps 20
+            assert c[side]["clips_per_s"] > 0
+        assert c["ratio"] == pytest.approx(c["cached"]["clips_per_s"]
+                                           / c["limit"]["clips_per_s"])
+        assert c["ratio"] > 0
+    packed = {p["trials"]: p for p in saved["packed"]}
+    assert set(packed) == {1, 2}
+    for trials, p in packed.items():
+        assert len(p["per_trial"]) == trials
+        assert all(s["clips_per_s"] > 0 for s in p["per_trial"])
+        assert p["summed_clips_per_s"] > 0 and p["vs_one"] > 0
+    assert packed[1]["vs_one"] == 1.0
 
 
 SMOKE_METHODS = ("random-full", "tpe-full", "default")  # search_quality.py --smoke's

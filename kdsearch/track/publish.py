@@ -33,10 +33,12 @@ from kdsearch.track.report import (
     SearchFacts,
     TrialRecord,
     epoch_agreement,
+    pareto_records,
     unsafe_stops,
     write_report,
 )
 from kdsearch.track.schema import (
+    PARETO,
     PUBLISH_ERROR,
     Status,
     TrialRow,
@@ -62,6 +64,7 @@ def publish(client: MlflowClient, cfg: SpaceConfig, classes: tuple[str, ...],
     def report() -> None:
         records[:] = trial_records(client, cfg, experiment_id, parent_id, rows)
         log_report(client, cfg, parent_id, records, classes)
+        log_pareto(client, cfg, parent_id, records)
 
     def check_stops() -> None:
         if records:  # read by the report's step
@@ -155,6 +158,19 @@ def log_agreement(client: MlflowClient, cfg: SpaceConfig, parent_id: str,
     if warnings:
         client.set_tag(parent_id, "kdsearch.unsafe_stops", "\n".join(warnings)[:5000])
     return warnings
+
+
+def log_pareto(client: MlflowClient, cfg: SpaceConfig, parent_id: str,
+               records: Sequence[TrialRecord]) -> list[str]:
+    """Tag the Pareto-optimal trials (``Search.front``): ``kdsearch.pareto`` "true" on their
+    runs, and their trial ids, best first, on the parent run; returns those ids."""
+    front = pareto_records(records, cfg.search)
+    for record in front:
+        if record.run_id:
+            client.set_tag(record.run_id, PARETO, "true")
+    ids = [r.trial_id for r in front]
+    client.set_tag(parent_id, PARETO, ",".join(ids)[:5000])
+    return ids
 
 
 def log_report(client: MlflowClient, cfg: SpaceConfig, parent_id: str,

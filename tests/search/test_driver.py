@@ -180,6 +180,8 @@ def test_a_trial_diverging_in_its_last_step_fails_and_never_ranks(ray_local: Non
 
 def test_a_student_over_a_constraint_ends_infeasible_untrained_and_never_wins(
         ray_local: None, tmp_path: Path) -> None:
+    """Also a multi-objective search (val_acc against latency): Optuna takes both values,
+    no scheduler stops a trial, the front is tagged."""
     from kdsearch.config.load import load_space
     from kdsearch.search.driver import run_search
 
@@ -187,9 +189,11 @@ def test_a_student_over_a_constraint_ends_infeasible_untrained_and_never_wins(
     search = {**TINY_SPACE["search"], "num_samples": 2,
               "space": {"backbone": {"type": "choice", "values": ["tiny3d", "tiny_r2plus1d"]}},
               "points_to_evaluate": [{"backbone": "tiny_r2plus1d"}, {"backbone": "tiny3d"}],
-              "constraints": {"params_m": 0.10795}}
+              "constraints": {"params_m": 0.10795}, "scheduler": None,
+              "objectives": [{"metric": "val_acc", "mode": "max"},
+                             {"metric": "latency_ms", "mode": "min"}]}
     path = write_tiny_space(tmp_path, search=search,
-                            student={**TINY_SPACE["student"], "epochs": 1})
+                            student={**TINY_SPACE["student"], "epochs": 2})
     cfg = load_space(path, cwd=tmp_path)
     outcome = run_search(cfg, path, say=lambda _: None)
     assert [(r.status, r.config["backbone"]) for r in outcome.rows] == [
@@ -210,8 +214,12 @@ def test_a_student_over_a_constraint_ends_infeasible_untrained_and_never_wins(
         for key in ("student_gflops", "latency_ms", "latency_p90_ms", "cpu_latency_ms"):
             history = client.get_metric_history(run.info.run_id, key)
             assert [m.step for m in history] == [0] and history[0].value > 0, key
-    assert client.get_run(outcome.parent_run_id).data.tags["kdsearch.best_run_id"] == (
-        trained.info.run_id)
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.data.tags["kdsearch.best_run_id"] == trained.info.run_id
+    assert trained.data.tags["kdsearch.epochs_run"] == "2"  # no scheduler with objectives
+    assert parent.data.tags["kdsearch.pareto"] == trained.data.tags["kdsearch.trial_id"]
+    assert trained.data.tags["kdsearch.pareto"] == "true"
+    assert "kdsearch.pareto" not in infeasible.data.tags
 
 
 def test_a_constraint_no_student_meets_is_bad_input_before_anything_runs(

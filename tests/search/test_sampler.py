@@ -119,3 +119,24 @@ def test_an_infeasible_student_is_told_to_tpe_as_a_constraint_violation() -> Non
 
     below, above = _split_trials(searcher.study, [wide, small], n_below=1)
     assert below == [small] and above == [wide]
+
+
+def test_a_search_with_objectives_tells_optuna_every_value() -> None:
+    from kdsearch.config import Search
+    from kdsearch.search.sampler import make_searcher
+
+    search = Search.model_validate({
+        "space": {"alpha": {"type": "uniform", "low": 0.0, "high": 1.0}},
+        "objectives": [{"metric": "val_acc", "mode": "max"},
+                       {"metric": "latency_ms", "mode": "min"}]})
+    assert (search.metric, search.mode, search.scheduler.name) == ("val_acc", "max", "none")
+    searcher = make_searcher(search, max_t=2)
+    assert searcher.study.directions == [optuna.study.StudyDirection.MAXIMIZE,
+                                         optuna.study.StudyDirection.MINIMIZE]
+    for trial_id, acc, ms in (("a", 0.5, 3.0), ("b", 0.7, float("nan"))):
+        searcher.suggest(trial_id)
+        searcher.on_trial_result(trial_id, {"epoch": 1, "val_acc": acc, "latency_ms": ms})
+        searcher.on_trial_complete(trial_id, {"epoch": 2, "val_acc": acc, "latency_ms": ms})
+    done, broken = searcher.study.trials
+    assert done.state == TrialState.COMPLETE and done.values == [0.5, 3.0]
+    assert broken.state == TrialState.FAIL  # a value that is not finite never ranks

@@ -17,6 +17,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
@@ -245,3 +246,43 @@ def test_registering_repairs_an_interrupted_publish(searched: dict[str, Any]) ->
     (version,) = client.search_model_versions("name = 'tiny-repair'")
     assert version.tags["sha256"] == sha
     assert load_student("models:/tiny-repair/1", tracking_uri=searched["store"]).classes == classes
+
+
+def test_every_trial_records_its_students_cost_and_best_picks_within_limits(
+        searched: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    from kdsearch.best import main
+
+    outcome, folder = searched["outcome"], searched["folder"]
+    client = MlflowClient(searched["store"])
+    runs = client.search_runs([outcome.experiment_id], "tags.`kdsearch.role` = 'trial'")
+    params = {"tiny3d": 107892, "tiny_r2plus1d": 108009}  # 4 classes
+    for run in runs:
+        metrics = run.data.metrics
+        assert metrics["student_params"] == params[run.data.params["backbone"]]
+        assert metrics["student_gflops"] > 0 and metrics["cpu_latency_ms"] > 0
+        assert 0 < metrics["latency_ms"] <= metrics["latency_p90_ms"]
+    # The front of val_acc against latency: tagged on its trials' runs and on the parent.
+    front = [r for r in runs if r.data.tags.get("kdsearch.pareto") == "true"]
+    parent = client.get_run(outcome.parent_run_id)
+    assert front and sorted(parent.data.tags["kdsearch.pareto"].split(",")) == sorted(
+        r.data.tags["kdsearch.trial_id"] for r in front)
+    table = pq.read_table(Path(client.download_artifacts(
+        outcome.parent_run_id, "report/trials.parquet", str(folder / "front")))).to_pylist()
+    assert {r["trial_id"] for r in table if r["pareto"]} == {
+        r.data.tags["kdsearch.trial_id"] for r in front}
+    assert all(r["metric.latency_ms"] > 0 for r in table if r["status"] == "completed")
+
+    completed = [r for r in outcome.rows if r.status == "completed"]
+    small = [r for r in completed if r.config["backbone"] == "tiny3d"]
+    assert small and len(small) < len(completed)  # this seed completes both backbones
+    store = ["--experiment", "tiny", "--tracking-uri", searched["store"],
+             "--out", str(folder / "within.yaml")]
+    # The best tiny3d trial: the only backbone under 0.10795 M parameters.
+    assert main([*store, "--max-params-m", "0.10795"]) == 0
+    printed = capsys.readouterr().out
+    assert f"best: run {small[0].run_id}" in printed
+    assert "within params_m 0.10795" in printed and "params M" in printed
+    assert main([*store, "--max-params-m", "0.01"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: no completed trial meets --max-params-m 0.01; the closest")
+    assert "params_m 0.1079 > 0.01" in err
