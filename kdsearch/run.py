@@ -74,14 +74,20 @@ def print_outcome(outcome: object, cfg: SpaceConfig) -> None:
           f"{outcome.teacher_metrics.get('val_acc', float('nan')):.3f}")
     names = list(cfg.search.space)
     shown = outcome.rows[:SHOWN]
+    costs = [(head, key, scale) for head, key, scale in (
+        ("params M", "student_params", 1e-6), ("latency ms", "latency_ms", 1.0))
+        if any(key in row.cost for row in shown)]
     rows = [[row.trial_id, row.status, str(row.epochs),
              "-" if row.value is None else f"{row.value:.3f}",
-             *(_fmt(row.config.get(n)) for n in names)] for row in shown]
+             *(_fmt(row.config.get(n)) for n in names),
+             *(f"{row.cost[key] * scale:.3g}" if key in row.cost else "-"
+               for _, key, scale in costs)] for row in shown]
     print(f"{plural(len(outcome.rows), 'trial')}, best first"
           + (f" (the best {len(shown)} shown; all in MLflow)" if len(shown) < len(outcome.rows)
              else "") + f", ranked by {metric} at the last epoch:")
-    print("\n".join(format_table(["trial", "status", "epochs", metric, *names], rows,
-                                 right={2, 3})))
+    print("\n".join(format_table(
+        ["trial", "status", "epochs", metric, *names, *(head for head, _, _ in costs)], rows,
+        right={2, 3, *range(4 + len(names), 4 + len(names) + len(costs))})))
     if outcome.best is None and not outcome.interrupted:
         print("no trial completed; see the failures above")
     elif outcome.best is None:

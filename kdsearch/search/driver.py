@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial
 from ray import tune
 
-from kdsearch.config import ConfigError, SpaceConfig
+from kdsearch.config import COST_METRICS, ConfigError, SpaceConfig
 from kdsearch.data.dataset import (
     DatasetSplits,
     known_class_count,
@@ -104,9 +104,10 @@ def _rows(results: tune.ResultGrid, runs: dict[str, tuple[str, str]], cfg: Space
         trial_id = str(metrics.get("trial_id") or Path(result.path).name)
         epochs = int(metrics.get("epoch", 0))
         run_id, status = runs.get(trial_id, (None, Status.INTERRUPTED.value))
+        cost = {key: float(metrics[key]) for key in COST_METRICS if key in metrics}
         rows.append(TrialRow(trial_id, run_id, status, epochs,
                              metrics.get(cfg.search.metric), dict(result.config or {}),
-                             result.checkpoint))
+                             result.checkpoint, cost))
     return rank_rows(rows, cfg.search.mode)
 
 

@@ -304,6 +304,7 @@ class TrialRow:
     value: float | None  # search.metric at the last epoch
     config: dict[str, Any]
     checkpoint: Any = None  # ray.tune.Checkpoint of the last epoch: it scored ``value``
+    cost: dict[str, float] = dataclasses.field(default_factory=dict)  # the student's cost
 
 
 def rank_rows(rows: Sequence[TrialRow], mode: str) -> list[TrialRow]:

@@ -42,6 +42,8 @@ def test_search_records_every_trial_in_mlflow(ray_local: None, tmp_path: Path,
     assert "Ray: a private local Ray, 1 node, " in proc.stdout
     assert "trials 4/4 done" in proc.stderr
     assert "4 trials, best first, ranked by val_acc at the last epoch:" in proc.stdout
+    heading = next(line for line in proc.stdout.splitlines() if line.startswith("trial "))
+    assert heading.split()[-4:] == ["params", "M", "latency", "ms"]  # each student's cost
     (report,) = [line.split(":", 1)[1].strip() for line in proc.stdout.splitlines()
                  if line.startswith("the report:")]
     assert Path(report).is_file() and Path(report).name == "search_report.html"
