@@ -80,6 +80,7 @@ def smokes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Smokes]:
                str(f("record_curves") / "curves.parquet"), timeout=240)
     runs.start("loader", "loader.py", "--root", str(f("loader")))
     runs.start("gpu", "gpu.py", "--json", str(f("gpu") / "gpu.json"))
+    runs.start("cost", "cost.py", "--json", str(f("cost") / "cost.json"))
     runs.start("sim_objective", "sim_objective.py", timeout=120)
     yield runs
     runs.pool.shutdown(wait=True)
@@ -112,6 +113,21 @@ def test_loader_smoke(smokes: Smokes) -> None:
     assert re.search(r"^loader / raw PyAV: +\d+\.\d\d$", out, re.M)
     assert re.search(r"^loader / raw Pillow: \d+\.\d\d$", out, re.M)
     assert len(list((tmp_path / "videos").glob("*.mp4"))) == 4
+
+
+def test_cost_smoke(smokes: Smokes) -> None:
+    """cost.py --smoke: every backbone measured in two rounds, their ratios printed."""
+    out, tmp_path = smokes.output("cost"), smokes.folder("cost")
+    assert re.search(r"^tiny3d +4x32 +0\.11 +0\.00826( +[\d.]+){6}$", out, re.M), out
+    assert re.search(r"^largest difference between the rounds: [\d.]+% \(target: within 10 %\)$",
+                     out, re.M), out
+    saved = json.loads((tmp_path / "cost.json").read_text())
+    assert set(saved["backbones"]) == {"tiny3d", "tiny_r2plus1d"}
+    for measured in saved["backbones"].values():
+        first, second = measured["first"], measured["second"]
+        assert first["student_params"] == second["student_params"] > 0  # exact, every time
+        assert measured["latency_ratio"] == pytest.approx(second["latency_ms"]
+                                                          / first["latency_ms"])
 
 
 def test_gpu_smoke(smokes: Smokes) -> None:

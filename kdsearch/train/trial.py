@@ -30,6 +30,7 @@ from kdsearch.train.loop import (
     make_optimizer,
     pick_device,
     to_channels_last,
+    to_model_input,
     train_epochs,
 )
 from kdsearch.train.losses import Distillation
@@ -104,6 +105,18 @@ def fit(ctx: TrialContext, sampled: Mapping[str, Any], report: Report,
                  start=start, teacher=teacher,
                  distillation=Distillation.from_student(settings), bf16=cfg.student.bf16,
                  channels_last=cfg.student.channels_last, on_epoch=done)
+
+
+def validation_clips(ctx: TrialContext, limit: int = 64) -> torch.Tensor:
+    """Up to ``limit`` validation clips as the trials see them (float in [0, 1], on the CPU):
+    from the cache, or decoded. What an exported student is checked on."""
+    _, val = _data(ctx, batch_size=min(limit, 16), seed=ctx.cfg.search.seed, with_teacher=False)
+    found: list[torch.Tensor] = []
+    for batch in val:
+        found.append(to_model_input(batch[0], torch.device("cpu")))
+        if sum(len(c) for c in found) >= limit:
+            break
+    return torch.cat(found)[:limit]
 
 
 def _check_metric(metrics: Mapping[str, Any], metric: str, epoch: int) -> None:
