@@ -30,8 +30,8 @@ from torch import nn
 
 from kdsearch import storage
 
-#: torch.onnx's own operator library (torchlib) is written for opset 18: no version
-#: conversion, and ONNX Runtime 1.32 runs every opset up to 23.
+#: The opset torch.onnx's operator library (torchlib) is written in, so nothing is converted;
+#: ONNX Runtime runs it from version 1.14 on.
 OPSET = 18
 #: Logits of ONNX Runtime and PyTorch may differ by at most this much (float32, absolute), and
 #: every clip's top-1 class must be the same in both ("predictions equal", strictly). Summing
@@ -98,6 +98,8 @@ def check_onnx(path: Path, model: nn.Module, clips: torch.Tensor) -> Parity:
     """Run ``clips`` through the ONNX file (ONNX Runtime, CPU) and through ``model`` (PyTorch,
     CPU, eval mode), in batches of a few and once with batch 1 (the batch is dynamic), and
     compare the logits."""
+    if len(clips) == 0:
+        raise ValueError("check_onnx needs at least one clip, but `clips` is empty")
     session = _session(path, threads=0)
     reference = _eval_copy(model)
     clips = clips.detach().float().cpu()
@@ -120,7 +122,7 @@ def onnx_latency_ms(
     with ``threads`` intra-op threads, after ``warmup`` untimed runs."""
     if runs < 1:
         raise ValueError(f"The value of `runs` is {runs}, but must be `runs >= 1`")
-    session = _session(path, threads=threads)
+    session = _session(path, threads=threads, spin=True)  # as deployed: ONNX Runtime's default
     frames, crop = clip
     feed = {INPUT_NAME: np.random.default_rng(0).random((1, 3, frames, crop, crop),
                                                        dtype=np.float32)}
@@ -139,13 +141,13 @@ def _eval_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).cpu().eval()
 
 
-def _session(path: Path, threads: int) -> ort.InferenceSession:
-    """A CPU session logging errors only (``threads`` 0: ONNX Runtime's default). Its threads
-    sleep between runs rather than spin, which would slow the PyTorch model beside it."""
+def _session(path: Path, threads: int, spin: bool = False) -> ort.InferenceSession:
+    """A CPU session logging errors only (``threads`` 0: ONNX Runtime's default). Without
+    ``spin`` its threads sleep between runs: spinning would slow the PyTorch model beside it."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

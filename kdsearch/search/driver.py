@@ -75,7 +75,7 @@ from kdsearch.track.schema import (
     rank_rows,
     small_val_warning,
 )
-from kdsearch.train.trial import TrialContext
+from kdsearch.train.trial import TrialContext, validation_clips
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,8 +212,9 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
         kd = None if interrupted else kd_baseline(client, ctx, best, experiment_id, parent_id,
                                                   say)
         if not interrupted:
+            clips = validation_clips(ctx) if best is not None else None
             warnings, failed = publish(client, cfg, data.classes, experiment_id, parent_id,
-                                       rows, say)
+                                       rows, say, clips)
         finish_parent(client, parent_id, cfg, best, interrupted)
         if not interrupted and not failed:
             mark_finished(cfg, record)  # a failed publish step is retried by --resume

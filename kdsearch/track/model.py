@@ -153,8 +153,7 @@ def log_student(data: Path, sha: str, classes: Sequence[str], clip: Mapping[str,
     import mlflow
     from mlflow.models import infer_signature
 
-    example = np.random.default_rng(0).random(
-        (1, 3, clip["num_frames"], clip["crop_size"], clip["crop_size"]), dtype=np.float32)
+    example = example_clip(clip)
     predictor = _load_pyfunc(str(data))
     signature = infer_signature(example, predictor.predict(example))
     with quiet(), contextlib.redirect_stderr(io.StringIO()):
@@ -207,3 +206,92 @@ class _Predictor:
 def _load_pyfunc(data_path: str) -> _Predictor:
     """MLflow's entry point for ``loader_module`` models (``mlflow.pyfunc.load_model``)."""
     return _Predictor(_read(_release_in(Path(data_path)), data_path))
+
+
+ONNX_MODEL = "student_onnx"  # the ONNX model's name inside the best trial's run
+ONNX_ERROR = "kdsearch.onnx_error"  # on the best trial's run: why it was not exported
+
+
+@dataclasses.dataclass(frozen=True)
+class OnnxExport:
+    """The student as ONNX, checked: where the file is, how it compares with PyTorch, how fast
+    ONNX Runtime runs it on one CPU thread; ``problem`` when it is not fit to ship."""
+
+    path: Path
+    parity: Any  # kdsearch.models.export.Parity
+    latency_ms: float
+    latency_p90_ms: float
+
+    @property
+    def problem(self) -> str | None:
+        from kdsearch.models.export import ATOL
+
+        p = self.parity
+        if p.ok:
+            return None
+        return (f"ONNX Runtime and PyTorch disagree on {p.clips} clips (largest logit "
+                f"difference {p.max_abs_diff:.3g}, tolerance {ATOL:g}; same predictions: "
+                f"{'yes' if p.same_predictions else 'no'})")
+
+    def tags(self) -> dict[str, str]:
+        from kdsearch.models.export import ATOL, OPSET
+
+        return {"onnx_opset": str(OPSET), "onnx_max_abs_diff": f"{self.parity.max_abs_diff:.3g}",
+                "onnx_tolerance": f"{ATOL:g}",
+                "onnx_same_predictions": str(self.parity.same_predictions).lower(),
+                "onnx_checked_clips": str(self.parity.clips),
+                "onnx_cpu_latency_ms": f"{self.latency_ms:.4g}"}
+
+
+def export_checked(student: Normalized, backbone: str, clip: Mapping[str, int], path: Path,
+                   clips: torch.Tensor) -> OnnxExport:
+    """Export ``student`` to ``path`` as ONNX (dynamic batch), check it against PyTorch on
+    ``clips`` and time it in ONNX Runtime; raises ``kdsearch.models.export.ExportError`` (one
+    line) when it does not export."""
+    from kdsearch.models.export import check_onnx, export_onnx, onnx_latency_ms
+
+    shape = (clip["num_frames"], clip["crop_size"])
+    export_onnx(student, shape, path, name=backbone)
+    parity = check_onnx(path, student, clips)
+    latency, p90 = onnx_latency_ms(path, shape, threads=1)
+    return OnnxExport(path, parity, latency, p90)
+
+
+def example_clip(clip: Mapping[str, int]) -> np.ndarray:
+    """The logged models' input example: one float clip in [0, 1] of the student's shape."""
+    return np.random.default_rng(0).random(
+        (1, 3, clip["num_frames"], clip["crop_size"], clip["crop_size"]), dtype=np.float32)
+
+
+def log_onnx(exported: OnnxExport, student: Normalized, classes: Sequence[str],
+             clip: Mapping[str, int], registered_name: str | None) -> str | None:
+    """Log an exported student to the active run with MLflow's ONNX flavour (model
+    ``student_onnx``), with its classes, clip and normalisation in the metadata, and register
+    it as ``registered_name`` (unless None); returns the version."""
+    import mlflow
+    import onnx
+
+    metadata = {
+        "classes": list(classes), "clip": dict(clip), "input": INPUT,
+        "normalisation": {"inside the model": "(clip - mean) / std per colour",
+                          "mean": student.mean.flatten().tolist(),
+                          "std": student.std.flatten().tolist()},
+        **exported.tags()}
+    example = example_clip(clip)
+    with quiet(), contextlib.redirect_stderr(io.StringIO()):
+        info = mlflow.onnx.log_model(
+            onnx.load(str(exported.path)), name=ONNX_MODEL, input_example=example,
+            registered_model_name=registered_name, metadata=metadata,
+            pip_requirements=onnx_requirements(), save_as_external_data=False)
+    version = info.registered_model_version
+    return None if version is None else str(version)
+
+
+def onnx_requirements() -> list[str]:
+    found = []
+    for package in ("onnx", "onnxruntime", "numpy"):
+        try:
+            found.append(f"{package}=={importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found

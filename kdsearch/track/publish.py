@@ -15,16 +15,23 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import mlflow
+import torch
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from kdsearch.config import SpaceConfig, searched_values, trial_student
 from kdsearch.models import Normalized
 from kdsearch.models.checkpoints import STUDENT_FILE, load_student
+from kdsearch.models.export import ExportError
 from kdsearch.track.model import (
     MODEL_NAME,
+    ONNX_ERROR,
+    ONNX_MODEL,
     RUN_SHA_TAG,
     SHA_TAG,
+    example_clip,
+    export_checked,
+    log_onnx,
     log_student,
     quiet,
     write_release,
@@ -50,8 +57,10 @@ from kdsearch.track.schema import (
 
 def publish(client: MlflowClient, cfg: SpaceConfig, classes: tuple[str, ...],
             experiment_id: str, parent_id: str, rows: Sequence[TrialRow],
-            say: Callable[[str], None]) -> tuple[list[str], list[str]]:
-    """Report, early-stopping check, top-k checkpoints, registered best student; returns the
+            say: Callable[[str], None], clips: torch.Tensor | None = None
+            ) -> tuple[list[str], list[str]]:
+    """Report, early-stopping check, top-k checkpoints, registered best student and its ONNX
+    export (checked on the input example and ``clips``, validation clips); returns the
     warnings of the early-stopping check and the steps that failed. A step that fails is
     tried again (``RETRY_DELAYS``), then reported: it does not cost the other steps, the
     trials' results are safe in MLflow and in Tune's storage, and the search stays unfinished
@@ -78,6 +87,8 @@ def publish(client: MlflowClient, cfg: SpaceConfig, classes: tuple[str, ...],
     if best is not None:
         steps.append(("the best student in the Model Registry",
                       lambda: say(register_best(client, cfg, classes, best))))
+        steps.append(("the best student as ONNX",
+                      lambda: say(register_onnx(client, cfg, classes, best, clips))))
     say(f"publishing: {', '.join(what for what, _ in steps)}")
     failed: list[str] = []
     for what, step in steps:
@@ -240,6 +251,58 @@ def register_best(client: MlflowClient, cfg: SpaceConfig, classes: tuple[str, ..
         client.set_model_version_tag(name, version, key, text)
     client.set_tag(run_id, "kdsearch.registered_model", f"{name}/{version}")
     return f"best student: {'already ' if done else ''}registered as {name} version {version}"
+
+
+def register_onnx(client: MlflowClient, cfg: SpaceConfig, classes: tuple[str, ...],
+                  best: TrialRow, clips: torch.Tensor | None) -> str:
+    """Export the best student to ONNX, check it against PyTorch on the input example and
+    ``clips``, log it to the best trial's run with MLflow's ONNX flavour and register it as
+    ``<registered name>-onnx``; returns what was done. A student that does not export, or
+    whose export disagrees with PyTorch, is reported (the run's tag ``kdsearch.onnx_error``)
+    and not registered: the search still finishes. Safe to run twice, as register_best."""
+    assert best.run_id is not None
+    name, run_id = f"{registered_name(cfg)}-onnx", best.run_id
+    done = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if done:
+        return f"best student as ONNX: already registered as {name} version {done[0].version}"
+    run = client.get_run(run_id)
+    ended = run.info.end_time or int(time.time() * 1000)
+    logged = client.search_logged_models(
+        [run.info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = '{ONNX_MODEL}'")
+    if logged:  # logged before an interruption, not registered yet
+        with quiet():
+            version = str(mlflow.register_model(f"models:/{logged[0].model_id}", name).version)
+        return f"best student as ONNX: registered as {name} version {version}"
+    student = checkpoint_student(best, len(classes))
+    backbone = str(trial_student(cfg.student, best.config).backbone)
+    clip = cfg.student.clip.model_dump()
+    checked = torch.from_numpy(example_clip(clip))
+    if clips is not None and len(clips):
+        checked = torch.cat([checked, clips.float()])
+    with tempfile.TemporaryDirectory(prefix="kdsearch-onnx-") as tmp:
+        try:
+            exported = export_checked(student, backbone, clip, Path(tmp) / "student.onnx",
+                                      checked)
+        except ExportError as err:
+            client.set_tag(run_id, ONNX_ERROR, str(err)[:5000])
+            return f"warning: the best student is not exported to ONNX: {err}"
+        if exported.problem is not None:
+            client.set_tag(run_id, ONNX_ERROR, exported.problem[:5000])
+            return ("warning: the best student's ONNX export is not registered: "
+                    f"{exported.problem}")
+        with mlflow.start_run(run_id=run_id):
+            version = str(log_onnx(exported, student, classes, clip, name))
+    client.set_terminated(run_id, "FINISHED", end_time=ended)
+    for key, text in exported.tags().items():
+        client.set_model_version_tag(name, version, key, text)
+    if ONNX_ERROR in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, ONNX_ERROR)
+    p = exported.parity
+    return (f"best student as ONNX (opset {exported.tags()['onnx_opset']}): registered as "
+            f"{name} version {version}; logits within {p.max_abs_diff:.2g} of PyTorch on "
+            f"{p.clips} clips, the same predictions; {exported.latency_ms:.3g} ms per clip in "
+            "ONNX Runtime on one CPU thread")
 
 
 def _log_student(best: TrialRow, cfg: SpaceConfig, classes: tuple[str, ...],

@@ -286,3 +286,69 @@ def test_every_trial_records_its_students_cost_and_best_picks_within_limits(
     err = capsys.readouterr().err
     assert err.startswith("error: no completed trial meets --max-params-m 0.01; the closest")
     assert "params_m 0.1079 > 0.01" in err
+
+
+def test_the_best_student_is_registered_as_onnx_and_agrees_with_pytorch(
+        searched: dict[str, Any]) -> None:
+    import onnxruntime
+
+    from kdsearch.models import build_model
+    from kdsearch.models.export import ATOL, OPSET
+
+    outcome, cfg = searched["outcome"], searched["cfg"]
+    client = MlflowClient(searched["store"])
+    (version,) = client.search_model_versions("name = 'tiny-student-onnx'")
+    assert version.run_id == outcome.best.run_id
+    tags = version.tags
+    assert tags["onnx_opset"] == str(OPSET) and tags["onnx_same_predictions"] == "true"
+    assert float(tags["onnx_max_abs_diff"]) <= ATOL and float(tags["onnx_cpu_latency_ms"]) > 0
+    # The input example and every validation clip (4 classes x 2 videos, 1 clip each).
+    assert tags["onnx_checked_clips"] == "9"
+    said = next(line for line in searched["said"] if "tiny-student-onnx" in line)
+    assert said.startswith(f"best student as ONNX (opset {OPSET}): registered as "
+                           "tiny-student-onnx version 1; logits within ")
+
+    from mlflow.artifacts import download_artifacts
+
+    model = Path(download_artifacts("models:/tiny-student-onnx/1", tracking_uri=searched["store"],
+                                    dst_path=str(searched["folder"] / "onnx")))
+    (model_file,) = model.rglob("*.onnx")
+    session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    checkpoint = client.download_artifacts(outcome.best.run_id, "checkpoint/student.pt",
+                                           str(searched["folder"] / "onnx-checkpoint"))
+    state = torch.load(checkpoint, weights_only=True)
+    student = build_model(state["settings"]["backbone"], 4, "none", "student")
+    student.load_state_dict(state["student"])
+    clip = cfg.student.clip
+    clips = np.random.default_rng(2).random(
+        (5, 3, clip.num_frames, clip.crop_size, clip.crop_size), dtype=np.float32)
+    (logits,) = session.run(["logits"], {"clips": clips})  # a batch of 5: dynamic
+    with torch.no_grad():
+        np.testing.assert_allclose(logits, student.eval()(torch.from_numpy(clips)).numpy(),
+                                   atol=ATOL)
+    meta = yaml.safe_load((model / "MLmodel").read_text())["metadata"]
+    assert meta["classes"] == ["dribble", "kick", "run", "walk"]
+    assert meta["clip"]["num_frames"] == clip.num_frames
+    assert len(meta["normalisation"]["mean"]) == len(meta["normalisation"]["std"]) == 3
+
+
+def test_a_student_that_does_not_export_is_reported_and_publishing_goes_on(
+        searched: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from kdsearch.models.export import ExportError
+    from kdsearch.track import publish
+
+    outcome, cfg = searched["outcome"], searched["cfg"]
+    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(
+        update={"registered_model": "tiny-unexported"})})
+    row = [r for r in outcome.rows if r.status == "completed" and r.checkpoint][1]
+
+    def unexportable(*args: Any, **kwargs: Any) -> None:
+        raise ExportError("tiny3d: cannot export to ONNX: no ONNX operator for aten::frobnicate")
+
+    monkeypatch.setattr(publish, "export_checked", unexportable)
+    client = MlflowClient(searched["store"])
+    said = publish.register_onnx(client, cfg, ("dribble", "kick", "run", "walk"), row, None)
+    assert said == ("warning: the best student is not exported to ONNX: tiny3d: cannot "
+                    "export to ONNX: no ONNX operator for aten::frobnicate")
+    assert client.get_run(row.run_id).data.tags["kdsearch.onnx_error"].endswith("frobnicate")
+    assert client.search_model_versions("name = 'tiny-unexported-onnx'") == []
