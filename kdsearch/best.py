@@ -88,6 +88,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "completed trial)")
     parser.add_argument("--top", type=int, default=5, metavar="N",
                         help="trials to list (default: 5)")
+    parser.add_argument("--trial", default=None, metavar="TRIAL_ID",
+                        help="pick this trial instead of the best (a completed one)")
+    parser.add_argument("--export", type=Path, default=None, metavar="FILE.onnx",
+                        help="also export the picked trial's student to ONNX (it needs its "
+                             "checkpoint: the best tracking.top_k trials keep one), checked "
+                             "against PyTorch and timed in ONNX Runtime")
     for name, what in LIMITS.items():
         parser.add_argument(f"--max-{name.replace('_', '-')}", type=_positive, default=None,
                             dest=f"max_{name}", metavar="X",
@@ -346,13 +352,23 @@ def run(args: argparse.Namespace) -> int:
     print(f"trials: {status_counts(runs)}; ranked by {metric} ({mode}), completed only"
           f"{meeting}\n")
     best = order[0]
+    if args.trial is not None:
+        chosen = next((c for c in order if c.trial_id == args.trial), None)
+        if chosen is None:
+            raise BestError(f"--trial {args.trial}: not a completed trial of this search"
+                            + (" within the limits given" if limits.limits() else ""))
+        best = chosen
     names = searched_names(parent, best)
     print_table(order[:max(args.top, 1)], metric, names)
-    print(f"\nbest: run {best.run_id}, trial {best.trial_id}, {metric} {best.value:.4f}")
+    print(f"\n{'best' if best is order[0] else 'picked'}: run {best.run_id}, trial "
+          f"{best.trial_id}, {metric} {best.value:.4f}")
     print(noise_note(order, metric, parent.data.metrics.get("data_val_videos")))
+    if args.export is not None:
+        export(client, best, args.export)
     space = final_space(best_space(client, parent, best, names), {},
                         experiment=f"{args.experiment}-final")
-    header = (f"# The best trial of experiment {args.experiment}: run {best.run_id} (trial "
+    which = "The best trial" if best is order[0] else "A trial picked with --trial"
+    header = (f"# {which} of experiment {args.experiment}: run {best.run_id} (trial "
               f"{best.trial_id}) of search {parent.info.run_id}, {metric} {best.value:.4f}.\n"
               f"# Trains that student once:  {python_command()} -m kdsearch.run {args.out}\n")
     write_space(args.out, space, header)
@@ -360,6 +376,53 @@ def run(args: argparse.Namespace) -> int:
           "kdsearch.run "
           f"{args.out}")
     return 0
+
+
+def export(client: Any, picked: Candidate, out: Path) -> None:
+    """The picked trial's student as ONNX at ``out``, checked against PyTorch on random clips
+    of its shape and timed in ONNX Runtime on one CPU thread."""
+    from mlflow.exceptions import MlflowException
+
+    if not out.parent.is_dir():
+        raise BestError(f"--export {out}: {out.parent} is not a directory")
+    import torch
+
+    from kdsearch.models.checkpoints import load_student, read_student
+    from kdsearch.models.export import ExportError
+    from kdsearch.track.model import export_checked
+
+    with tempfile.TemporaryDirectory(prefix="kdsearch-export-") as tmp:
+        try:
+            local = Path(client.download_artifacts(picked.run_id, "checkpoint", tmp))
+        except (MlflowException, OSError):
+            raise BestError(f"trial {picked.trial_id} kept no checkpoint: only the best "
+                            "tracking.top_k trials of a search do; pick one of them with "
+                            "--trial, or train this one with the space file written here",
+                            EXIT_NOTHING) from None
+        saved = read_student(local)
+        student = load_student(local, len(saved["classes"]))
+        clip = {"num_frames": int(picked.params.get("clip_frames", 0) or 0),
+                "crop_size": int(picked.params.get("crop_size", 0) or 0)}
+        if not all(clip.values()):
+            raise BestError(f"run {picked.run_id} records no clip shape (params clip_frames "
+                            "and crop_size)")
+        clips = torch.rand(16, 3, clip["num_frames"], clip["crop_size"], clip["crop_size"],
+                           generator=torch.Generator().manual_seed(0))
+        try:
+            exported = export_checked(student, str(saved["settings"]["backbone"]), clip,
+                                      out.absolute(), clips)
+        except ExportError as err:
+            raise BestError(str(err), EXIT_NOTHING) from None
+    p = exported.parity
+    verdict = "agrees with" if exported.problem is None else "DISAGREES with"
+    print(f"\nexported {out} (ONNX opset {exported.tags()['onnx_opset']}, dynamic batch): "
+          f"{verdict} PyTorch on {p.clips} random clips (largest logit difference "
+          f"{p.max_abs_diff:.2g}, same predictions: {'yes' if p.same_predictions else 'no'}); "
+          f"{exported.latency_ms:.3g} ms per clip in ONNX Runtime on one CPU thread")
+    if exported.problem is not None:
+        out.unlink(missing_ok=True)
+        raise BestError(f"--export {out}: {exported.problem}; the file was removed",
+                        EXIT_NOTHING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

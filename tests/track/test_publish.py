@@ -352,3 +352,25 @@ def test_a_student_that_does_not_export_is_reported_and_publishing_goes_on(
                     "export to ONNX: no ONNX operator for aten::frobnicate")
     assert client.get_run(row.run_id).data.tags["kdsearch.onnx_error"].endswith("frobnicate")
     assert client.search_model_versions("name = 'tiny-unexported-onnx'") == []
+
+
+def test_best_exports_a_chosen_trial_to_onnx(searched: dict[str, Any],
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from kdsearch.best import main
+
+    outcome, folder = searched["outcome"], searched["folder"]
+    second = [r for r in outcome.rows if r.status == "completed"][1]  # top_k 2: checkpointed
+    out = folder / "second.onnx"
+    assert main(["--experiment", "tiny", "--tracking-uri", searched["store"], "--trial",
+                 second.trial_id, "--export", str(out), "--out",
+                 str(folder / "second.yaml")]) == 0
+    printed = capsys.readouterr().out
+    assert f"picked: run {second.run_id}, trial {second.trial_id}" in printed
+    assert f"exported {out} (ONNX opset 18, dynamic batch): agrees with PyTorch on 16 random " \
+           "clips" in printed
+    assert out.stat().st_size > 10_000
+    assert (folder / "second.yaml").read_text().startswith("# A trial picked with --trial")
+    assert main(["--experiment", "tiny", "--tracking-uri", searched["store"], "--trial",
+                 "nope"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --trial nope: not a completed trial of this search\n")
