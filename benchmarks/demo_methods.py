@@ -73,6 +73,7 @@ SMOKE = [
     "teacher.epochs=1", "teacher.cache_views=1",
     "student.epochs=2", "student.clip={num_frames: 4, stride: 2, crop_size: 16}",
     "search.num_samples=3", "teacher.pretrain=null", "report.kd_baseline=false",
+    "report.onnx=false",
 ]
 
 

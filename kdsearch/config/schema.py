@@ -491,6 +491,9 @@ class Report(_Model):
     # ``kd_seeds`` seeds in all, and record what distillation added (kdsearch.search.baseline).
     kd_baseline: bool = True
     kd_seeds: Annotated[int, Field(ge=1, le=MAX_KD_SEEDS)] = 3
+    # Export the best student to ONNX, checked against PyTorch, and register it beside the
+    # PyTorch model (kdsearch.track.publish.register_onnx).
+    onnx: bool = True
 
 
 class SpaceConfig(_Model):

@@ -212,7 +212,8 @@ def run_search(cfg: SpaceConfig, space_path: Path, address: str | None = None,
         kd = None if interrupted else kd_baseline(client, ctx, best, experiment_id, parent_id,
                                                   say)
         if not interrupted:
-            clips = validation_clips(ctx) if best is not None else None
+            clips = (validation_clips(ctx) if best is not None and cfg.report.onnx
+                     else None)
             warnings, failed = publish(client, cfg, data.classes, experiment_id, parent_id,
                                        rows, say, clips)
         finish_parent(client, parent_id, cfg, best, interrupted)

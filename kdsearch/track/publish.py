@@ -87,8 +87,9 @@ def publish(client: MlflowClient, cfg: SpaceConfig, classes: tuple[str, ...],
     if best is not None:
         steps.append(("the best student in the Model Registry",
                       lambda: say(register_best(client, cfg, classes, best))))
-        steps.append(("the best student as ONNX",
-                      lambda: say(register_onnx(client, cfg, classes, best, clips))))
+        if cfg.report.onnx:
+            steps.append(("the best student as ONNX",
+                          lambda: say(register_onnx(client, cfg, classes, best, clips))))
     say(f"publishing: {', '.join(what for what, _ in steps)}")
     failed: list[str] = []
     for what, step in steps:

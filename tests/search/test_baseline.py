@@ -34,7 +34,7 @@ def searched(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> dict[
 
     folder = tmp_path_factory.mktemp("baseline")
     path = write_tiny_space(folder, search={**TINY_SPACE["search"], "num_samples": 2},
-                            report={"kd_seeds": 2})
+                            report={"kd_seeds": 2, "onnx": False})
     cfg = load_space(path, cwd=folder)
     said: list[str] = []
     outcome = run_search(cfg, path, say=said.append)

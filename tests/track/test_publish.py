@@ -45,7 +45,7 @@ def searched(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> dict[
     search = {**TINY_SPACE["search"], "num_samples": 4}
     path = write_tiny_space(folder, search=search, student={**TINY_SPACE["student"],
                                                             "epochs": 3},
-                            tracking={"top_k": 2})
+                            tracking={"top_k": 2}, report={"kd_baseline": False, "onnx": True})
     cfg = load_space(path, cwd=folder)
     said: list[str] = []
     outcome = run_search(cfg, path, say=said.append)

@@ -26,7 +26,7 @@ def test_a_search_records_to_an_mlflow_server(ray_local: None, server: str,
     search = {**TINY_SPACE["search"], "num_samples": 2}
     # report.kd_baseline off: the runs below are exactly the search's, no KD baseline's.
     path = write_tiny_space(tmp_path, search=search, tracking={"uri": server},
-                            report={"kd_baseline": False})
+                            report={"kd_baseline": False, "onnx": False})
     cfg = load_space(path, cwd=tmp_path)
     outcome = run_search(cfg, path, say=lambda _: None)
     assert outcome.best is not None and outcome.kd_gain is None
