@@ -49,7 +49,9 @@ def measure_cost(model: nn.Module, clip: tuple[int, int], device: torch.device |
     frames, crop = clip
     params = sum(p.numel() for p in model.parameters())
     cpu_model = copy.deepcopy(model).cpu().eval()
-    example = torch.rand(1, 3, frames, crop, crop)
+    # Its own generator: measuring leaves torch's global random state (a trial's batches and
+    # dropout) exactly as it was.
+    example = torch.rand(1, 3, frames, crop, crop, generator=torch.Generator().manual_seed(0))
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         cpu_model(example)

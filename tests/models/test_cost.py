@@ -29,9 +29,10 @@ def test_the_cost_of_a_student_and_its_metrics() -> None:
     assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
     assert set(cost.metrics()) == {"student_params", "student_gflops", "latency_ms",
                                    "latency_p90_ms", "cpu_latency_ms"}
-    threads = torch.get_num_threads()
+    threads, state = torch.get_num_threads(), torch.get_rng_state()
     measure_cost(student, (4, 32), runs=2, warmup=0)
     assert torch.get_num_threads() == threads  # one thread only while measuring
+    assert torch.equal(torch.get_rng_state(), state)  # a trial's random stream is untouched
 
 
 def test_latency_is_the_median_and_the_90th_percentile_of_the_timed_runs() -> None:
