@@ -72,6 +72,7 @@ from kdsearch.track.schema import (
     Status,
     TrialRow,
     best_row,
+    finite,
     rank_rows,
     small_val_warning,
 )
@@ -106,8 +107,8 @@ def _rows(results: tune.ResultGrid, runs: dict[str, tuple[str, str]], cfg: Space
         run_id, status = runs.get(trial_id, (None, Status.INTERRUPTED.value))
         cost = {key: float(metrics[key]) for key in COST_METRICS if key in metrics}
         rows.append(TrialRow(trial_id, run_id, status, epochs,
-                             metrics.get(cfg.search.metric), dict(result.config or {}),
-                             result.checkpoint, cost))
+                             finite(metrics.get(cfg.search.metric)),
+                             dict(result.config or {}), result.checkpoint, cost))
     return rank_rows(rows, cfg.search.mode)
 
 

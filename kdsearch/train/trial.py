@@ -107,7 +107,7 @@ def fit(ctx: TrialContext, sampled: Mapping[str, Any], report: Report,
                  channels_last=cfg.student.channels_last, on_epoch=done)
 
 
-def validation_clips(ctx: TrialContext, limit: int = 64) -> torch.Tensor:
+def validation_clips(ctx: TrialContext, limit: int = 1024) -> torch.Tensor:
     """Up to ``limit`` validation clips as the trials see them (float in [0, 1], on the CPU):
     from the cache, or decoded. What an exported student is checked on."""
     _, val = _data(ctx, batch_size=min(limit, 16), seed=ctx.cfg.search.seed, with_teacher=False)
