@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
-from kdsearch.track.schema import Status, error_message, ranked, status_of
+from kdsearch.track.schema import Status, ended_status, error_message, ranked
 
 
 class Progress(Callback):
@@ -28,7 +28,8 @@ class Progress(Callback):
         self.every = every if self.tty else 30.0
         self.start = time.monotonic() if start is None else start
         self.last_draw = 0.0
-        self.counts = {s.value: 0 for s in (Status.COMPLETED, Status.PRUNED, Status.FAILED)}
+        self.counts = {s.value: 0 for s in (Status.COMPLETED, Status.PRUNED, Status.FAILED,
+                                            Status.INFEASIBLE)}
         self.last: dict[str, float] = {}  # trial id -> value at its latest epoch
         self.ended: dict[str, str] = {}  # trial id -> status, once it ended
         self.running = 0
@@ -49,7 +50,9 @@ class Progress(Callback):
         best_text = f"{what} {best[1]:.3f} ({best[0]})" if best else f"{what} -"
         return (f"[{elapsed // 60:02d}:{elapsed % 60:02d}] trials {sum(c.values())}/{self.total}"
                 f" done: {self.running} running, {c['completed']} completed, {c['pruned']} "
-                f"pruned, {c['failed']} failed | {best_text}")
+                f"pruned, {c['failed']} failed"
+                + (f", {c['infeasible']} infeasible" if c.get("infeasible") else "")
+                + f" | {best_text}")
 
     def draw(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -93,9 +96,9 @@ class Progress(Callback):
         last = trial.last_result or {}
         if last.get(self.metric) is not None:
             self.last[trial.trial_id] = float(last[self.metric])
-        status = status_of(int(last.get("epoch", 0)), self.max_t)
+        status = ended_status(last, self.max_t)
         self.ended[trial.trial_id] = status.value
-        self.counts[status.value] += 1
+        self.counts[status.value] = self.counts.get(status.value, 0) + 1
         self.draw(force=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -36,8 +36,8 @@ from kdsearch.track.schema import (
     TRIAL_ID,
     TRIAL_SPACE,
     Status,
+    ended_status,
     error_message,
-    status_of,
     trial_runs,
 )
 
@@ -168,9 +168,7 @@ class MLflowTrials(Callback):
                 self.client.set_tag(run_id, key, value)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        last = trial.last_result or {}
-        self._finish(trial, Status.INFEASIBLE if last.get(INFEASIBLE)
-                     else status_of(int(last.get("epoch", 0)), self.max_t))
+        self._finish(trial, ended_status(trial.last_result or {}, self.max_t))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, Status.FAILED, error=error_message(trial))

@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kdsearch.config import INFEASIBLE
+
 # Tags and artifacts of a search's runs.
 ROLE = "kdsearch.role"  # "search" (the parent run), "teacher", "trial" or "kd_baseline"
 STATUS = "kdsearch.status"  # a Status value
@@ -63,6 +65,14 @@ class Status(str, enum.Enum):
 def status_of(epochs_run: int, epochs: int) -> Status:
     """A trial that ended without error: completed when it trained the whole budget."""
     return Status.COMPLETED if epochs_run >= epochs else Status.PRUNED
+
+
+def ended_status(last: Mapping[str, Any], epochs: int) -> Status:
+    """A trial that ended without error, from its last result: infeasible when its student
+    exceeded ``search.constraints``, else as ``status_of``."""
+    if last.get(INFEASIBLE):
+        return Status.INFEASIBLE
+    return status_of(int(last.get("epoch", 0)), epochs)
 
 
 #: Ranking order of the statuses; a status not listed sorts last.

@@ -63,3 +63,15 @@ def test_the_clock_counts_from_the_start_of_the_search() -> None:
     started = time.monotonic() - 125  # data, Ray and the teacher took two minutes
     progress = Progress("val_acc", "max", MAX_T, total=1, stream=io.StringIO(), start=started)
     assert progress.line().startswith("[02:0")
+
+
+def test_an_infeasible_trial_is_counted_as_such_and_never_the_best() -> None:
+    progress = Progress("val_acc", "max", MAX_T, total=3, stream=io.StringIO())
+    _run(progress, "ok", [0.5, 0.6, 0.7, 0.75])
+    trial = SimpleNamespace(trial_id="big", status="RUNNING", last_result={
+        "epoch": 0, "val_acc": float("nan"), "infeasible": "latency_ms 0.74 > 0.6"})
+    progress.on_trial_result(0, [trial], trial, trial.last_result)
+    trial.status = "TERMINATED"
+    progress.on_trial_complete(0, [trial], trial)
+    assert "0 running, 1 completed, 0 pruned, 0 failed, 1 infeasible |" in progress.line()
+    assert progress.best() == ("ok", 0.75)
