@@ -4,7 +4,8 @@ A trial measures its student once, before training (kdsearch.train.trial), so th
 ``search.constraints`` stops it at no cost; the numbers are logged on the trial's run and
 compared by the report and ``kdsearch.best``. Latency is of batch 1 (one clip: what a camera
 or a server answering one request sees), after ``warmup`` runs, the median and the 90th
-percentile of ``runs`` timed ones; on a GPU each run is timed to the end of its kernels.
+percentile of at least ``runs`` timed ones adding up to at least ``MIN_SECONDS``; on a GPU each
+run is timed to the end of its kernels.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from kdsearch.models.normalized import build_model
 
 RUNS = 20
 WARMUP = 3
+MIN_SECONDS = 0.2  # the least time the timed runs of one latency add up to
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,21 +74,32 @@ def measure_cost(model: nn.Module, clip: tuple[int, int], device: torch.device |
 
 
 def latency_ms(model: nn.Module, example: torch.Tensor, *, runs: int = RUNS,
-               warmup: int = WARMUP) -> tuple[float, float]:
-    """(median, 90th percentile) milliseconds of ``model(example)`` without gradients."""
+               warmup: int = WARMUP, min_seconds: float = MIN_SECONDS) -> tuple[float, float]:
+    """(median, 90th percentile) milliseconds of ``model(example)`` without gradients: after
+    ``warmup`` runs (and at least a quarter of ``min_seconds``), ``runs`` timed ones, more
+    until they add up to ``min_seconds`` (a window of a few milliseconds is at the mercy of
+    whatever else the machine does)."""
     cuda = example.device.type == "cuda"
-    times = []
+
+    def once() -> float:
+        if cuda:
+            torch.cuda.synchronize(example.device)
+        start = time.perf_counter()
+        model(example)
+        if cuda:
+            torch.cuda.synchronize(example.device)
+        return time.perf_counter() - start
+
+    times: list[float] = []
     with torch.no_grad():
-        for i in range(warmup + runs):
-            if cuda:
-                torch.cuda.synchronize(example.device)
-            start = time.perf_counter()
-            model(example)
-            if cuda:
-                torch.cuda.synchronize(example.device)
-            if i >= warmup:
-                times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times), _percentile(times, 0.9)
+        warm, count = 0.0, 0
+        while count < warmup or warm < min_seconds / 4:
+            warm += once()
+            count += 1
+        while len(times) < runs or (sum(times) < min_seconds and len(times) < 100 * runs):
+            times.append(once())
+    ms = [t * 1000 for t in times]
+    return statistics.median(ms), _percentile(ms, 0.9)
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -68,8 +68,7 @@ def fit(ctx: TrialContext, sampled: Mapping[str, Any], report: Report,
     device = pick_device(cfg.resources.gpus_per_trial)
     student = build_model(settings.backbone, len(ctx.classes), cfg.student.weights, "student")
     # Its cost first: a student over a limit of search.constraints ends here, untrained.
-    clip = cfg.student.clip
-    cost = measure_cost(student, (clip.num_frames, clip.crop_size), device).metrics()
+    cost = _cost(student, settings.backbone, len(ctx.classes), cfg, device)
     if (exceeded := cfg.search.constraints.violations(cost)):
         report({**cost, "epoch": 0, cfg.search.metric: math.nan, "device": str(device),
                 INFEASIBLE: "; ".join(exceeded)}, None)
@@ -105,6 +104,20 @@ def fit(ctx: TrialContext, sampled: Mapping[str, Any], report: Report,
                  start=start, teacher=teacher,
                  distillation=Distillation.from_student(settings), bf16=cfg.student.bf16,
                  channels_last=cfg.student.channels_last, on_epoch=done)
+
+
+#: (backbone, classes, clip, device, threads) -> its cost, measured once per process: trials
+#: of a search reuse their Ray actors, so a student measured once keeps its figures.
+_COSTS: dict[tuple[Any, ...], dict[str, float]] = {}
+
+
+def _cost(student: torch.nn.Module, backbone: str, classes: int, cfg: SpaceConfig,
+          device: torch.device) -> dict[str, float]:
+    clip = (cfg.student.clip.num_frames, cfg.student.clip.crop_size)
+    key = (backbone, classes, clip, str(device), torch.get_num_threads())
+    if key not in _COSTS:
+        _COSTS[key] = measure_cost(student, clip, device).metrics()
+    return dict(_COSTS[key])
 
 
 def validation_clips(ctx: TrialContext, limit: int = 1024) -> torch.Tensor:

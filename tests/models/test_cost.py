@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -43,5 +45,15 @@ def test_latency_is_the_median_and_the_90th_percentile_of_the_timed_runs() -> No
             calls.append(1)
             return x
 
-    median, p90 = latency_ms(Counted(), torch.zeros(1), runs=10, warmup=2)
+    median, p90 = latency_ms(Counted(), torch.zeros(1), runs=10, warmup=2, min_seconds=0)
     assert len(calls) == 12 and 0 <= median <= p90
+
+    class Slow(nn.Module):  # 2 ms a run: 10 runs are not enough for 0.1 s, 50 or so are
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(1)
+            time.sleep(0.002)
+            return x
+
+    calls.clear()
+    median, p90 = latency_ms(Slow(), torch.zeros(1), runs=10, warmup=2, min_seconds=0.1)
+    assert 2 <= median <= p90 and 50 <= len(calls) <= 80  # warm-up 25 ms, timed 100 ms
